@@ -1,0 +1,1 @@
+"""Dataset readers, training-clip sampling and LightningDataModules (independent of the model)."""

@@ -1,0 +1,227 @@
+"""A user's own video: a video file or a folder of frames, plus a first-frame mask.
+
+Video files are decoded behind one function, :func:`read_video_frames`: decord by default (fast,
+frame-accurate), PyAV where decord is not installed or cannot open the file.
+
+Why a JPEG cache: a :class:`VideoRecord` lists frame *files* so every consumer (inference, writers,
+the evaluator) reads videos the same way. :class:`VideoFileReader` therefore decodes the video once
+into a folder of JPEG frames (quality 95) and reuses that folder on later runs. The folder is complete
+only when its ``.complete`` marker (written last, atomically) names the same source file, size and
+modification time, so an interrupted decode or an edited video is decoded again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from mavos.data.io import atomic_save, read_mask, write_frame
+from mavos.data.listing import (
+    FRAME_EXTENSIONS,
+    MASK_EXTENSIONS,
+    check_same_size,
+    index_by_stem,
+    list_files,
+)
+from mavos.data.records import DatasetError, VideoRecord
+
+_MARKER = ".complete"
+
+
+def read_video_frames(path: str | Path, backend: str = "auto") -> Iterator[np.ndarray]:
+    """Open a video and return an iterator of its frames as (H, W, 3) uint8 RGB arrays.
+
+    backend: ``auto`` (decord, then PyAV when decord is missing or fails to open the file),
+    ``decord`` or ``pyav``. The file is opened before this returns, so an unreadable video raises a
+    DatasetError naming it here rather than on the first frame.
+    """
+    path = Path(path)
+    if backend not in ("auto", "decord", "pyav"):
+        raise ValueError(f"backend must be 'auto', 'decord' or 'pyav', got {backend!r}")
+    if not path.is_file():
+        raise DatasetError(f"{path}: video file does not exist")
+    errors = []
+    if backend in ("auto", "decord"):
+        try:
+            return _decord_frames(path)
+        except Exception as e:  # ImportError, or decord's own error type for a file it cannot open
+            errors.append(f"decord: {e}")
+            if backend == "decord":
+                raise DatasetError(f"{path}: cannot open video with decord ({e})") from e
+    try:
+        return _pyav_frames(path)
+    except Exception as e:
+        errors.append(f"PyAV: {e}")
+        raise DatasetError(f"{path}: cannot open video ({'; '.join(errors)})") from e
+
+
+def _decord_frames(path: Path, batch: int = 16) -> Iterator[np.ndarray]:
+    import decord
+
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+    if len(reader) == 0:
+        raise ValueError("no frames")
+
+    def frames() -> Iterator[np.ndarray]:
+        for begin in range(0, len(reader), batch):
+            try:
+                chunk = reader.get_batch(list(range(begin, min(begin + batch, len(reader))))).asnumpy()
+            except Exception as e:  # decord's error type lives in a private module
+                raise DatasetError(f"{path}: video decoding failed at frame {begin} ({e})") from e
+            yield from (np.ascontiguousarray(f, dtype=np.uint8) for f in chunk)
+
+    return frames()
+
+
+def _pyav_frames(path: Path) -> Iterator[np.ndarray]:
+    import av
+
+    container = av.open(str(path))
+    if not container.streams.video:
+        container.close()
+        raise ValueError("no video stream")
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            for frame in container.decode(container.streams.video[0]):
+                yield frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as e:
+            raise DatasetError(f"{path}: video decoding failed ({e})") from e
+        finally:
+            container.close()
+
+    return frames()
+
+
+def _objects_in_order(annotations: dict[int, Path]) -> dict[int, int]:
+    """Object id -> first frame whose mask holds it (255 is void, not an object)."""
+    first: dict[int, int] = {}
+    for index in sorted(annotations):
+        for obj_id in np.unique(read_mask(annotations[index])):
+            if 0 < obj_id < 255 and int(obj_id) not in first:
+                first[int(obj_id)] = index
+    return first
+
+
+class VideoFileReader:
+    """One video file with the mask of its first frame, as a single VideoRecord.
+
+    frame_dir: where the decoded JPEG frames are cached; default
+    ``<tmp>/mavos_video_frames/<name>-<hash of path, size, mtime>``, so re-runs reuse it.
+    """
+
+    def __init__(
+        self,
+        video_path: str | Path,
+        mask_path: str | Path,
+        name: str | None = None,
+        frame_dir: str | Path | None = None,
+        backend: str = "auto",
+    ):
+        self.video_path = Path(video_path)
+        self.mask_path = Path(mask_path)
+        self.name = name or self.video_path.stem
+        self.frame_dir = Path(frame_dir) if frame_dir is not None else None
+        self.backend = backend
+
+    def _source_stamp(self) -> dict:
+        stat = self.video_path.stat()
+        return {"source": str(self.video_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+    def _cache_dir(self, stamp: dict) -> Path:
+        if self.frame_dir is not None:
+            return self.frame_dir
+        digest = hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / "mavos_video_frames" / f"{self.name}-{digest}"
+
+    def decode(self) -> list[Path]:
+        """Decode the video into the cache folder unless a complete decode of this file is there."""
+        if not self.video_path.is_file():
+            raise DatasetError(f"{self.video_path}: video file does not exist")
+        stamp = self._source_stamp()
+        folder = self._cache_dir(stamp)
+        marker = folder / _MARKER
+        if marker.is_file():
+            try:
+                done = json.loads(marker.read_text())
+            except ValueError:
+                done = {}
+            frames = [folder / f"{i:05d}.jpg" for i in range(int(done.get("frames", 0)))]
+            if {k: done.get(k) for k in stamp} == stamp and frames and all(f.is_file() for f in frames):
+                return frames
+        marker.unlink(missing_ok=True)
+        frames = []
+        for i, frame in enumerate(read_video_frames(self.video_path, self.backend)):
+            path = folder / f"{i:05d}.jpg"
+            write_frame(path, frame)
+            frames.append(path)
+        if not frames:
+            raise DatasetError(f"{self.video_path}: video has no frames")
+        text = json.dumps({**stamp, "frames": len(frames)})
+        atomic_save(lambda tmp: Path(tmp).write_text(text), marker)
+        return frames
+
+    def videos(self) -> list[VideoRecord]:
+        if not self.mask_path.is_file():
+            raise DatasetError(f"{self.mask_path}: first-frame mask does not exist")
+        frames = self.decode()
+        check_same_size(self.mask_path, frames[0])
+        annotations = {0: self.mask_path}
+        first = _objects_in_order(annotations)
+        if not first:
+            raise DatasetError(f"{self.mask_path}: first-frame mask holds no object (all pixels are 0 or 255)")
+        return [
+            VideoRecord(
+                name=self.name,
+                frames=frames,
+                frame_names=[f.stem for f in frames],
+                annotations=annotations,
+                object_first_frame=first,
+                meta={"dataset": "video", "dense": False, "start_frame": 0, "source": str(self.video_path)},
+            )
+        ]
+
+
+class FrameFolderReader:
+    """A folder of frames plus a folder of PNG masks named after their frames, as one VideoRecord.
+
+    The earliest mask is the first-frame mask (the video starts there, ``meta["start_frame"]``); later
+    masks may add objects, each one entering at the first mask that holds it.
+    """
+
+    def __init__(self, frames_dir: str | Path, masks_dir: str | Path, name: str | None = None):
+        self.frames_dir = Path(frames_dir)
+        self.masks_dir = Path(masks_dir)
+        self.name = name or self.frames_dir.name
+
+    def videos(self) -> list[VideoRecord]:
+        frames = list_files(self.frames_dir, FRAME_EXTENSIONS, "frame")
+        if not frames:
+            raise DatasetError(f"{self.frames_dir}: no frame images (.jpg, .jpeg, .png)")
+        names = [f.stem for f in frames]
+        if len(set(names)) != len(names):
+            raise DatasetError(f"{self.frames_dir}: two frames share a name with different extensions")
+        annotations = index_by_stem(list_files(self.masks_dir, MASK_EXTENSIONS, "mask"), names, "mask", self.frames_dir)
+        if not annotations:
+            raise DatasetError(f"{self.masks_dir}: no mask PNGs")
+        for index, mask in annotations.items():
+            check_same_size(mask, frames[index])
+        first = _objects_in_order(annotations)
+        if not first:
+            raise DatasetError(f"{self.masks_dir}: the masks hold no object (all pixels are 0 or 255)")
+        start = min(annotations)
+        return [
+            VideoRecord(
+                name=self.name,
+                frames=frames,
+                frame_names=names,
+                annotations=annotations,
+                object_first_frame=first,
+                scored_frames=list(range(start, len(frames))),
+                meta={"dataset": "frames", "dense": False, "start_frame": start},
+            )
+        ]

@@ -1,0 +1,1 @@
+"""Evaluation: stream benchmark videos through ``InferenceSession``, write results, score, time."""

@@ -1,0 +1,111 @@
+"""evaluate.py's body: build the model and benchmark from the config, run, score, report."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mavos.checkpoints.loading import load_network_weights
+from mavos.data.io import atomic_save
+from mavos.evaluation.evaluator import VideoSpeed, run_video, score_copy_baseline, score_results_dir
+from mavos.metrics.jf import JFMetric
+from mavos.metrics.protocols import write_davis_csvs
+
+log = logging.getLogger(__name__)
+
+# Benchmarks scored like DAVIS (first and last frame excluded).
+EXCLUDE_LAST = {"synthetic", "davis2017"}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def write_speed_csv(path: Path, speeds: list[VideoSpeed]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["Sequence", "Frames", "FPS", "Seconds", "PeakMemoryMB"])
+    for s in speeds:
+        w.writerow([s.video, s.frames, f"{s.fps:.3f}", f"{s.seconds:.3f}", f"{s.peak_memory_mb:.1f}"])
+    atomic_save(lambda tmp: Path(tmp).write_text(buf.getvalue()), path)
+
+
+def format_summary(rows: dict[str, dict[str, float]], speeds: list[VideoSpeed] | None, device: torch.device) -> str:
+    lines = [f"{'method':<28}{'J&F-Mean':>10}{'J-Mean':>10}{'F-Mean':>10}"]
+    for name, r in rows.items():
+        lines.append(f"{name:<28}{r['J&F-Mean']:>10.4f}{r['J-Mean']:>10.4f}{r['F-Mean']:>10.4f}")
+    if speeds:
+        total_frames = sum(s.frames - 1 for s in speeds)
+        total_time = sum(s.seconds for s in speeds)
+        fps = total_frames / total_time if total_time > 0 else float("nan")
+        peak = max(s.peak_memory_mb for s in speeds)
+        kind = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS"
+        lines.append(f"speed: {fps:.2f} FPS over {total_frames} frames (frame 0 excluded) on {device}; "
+                     f"peak memory {peak:.0f} MB ({kind})")
+    return "\n".join(lines)
+
+
+def build_network(cfg: DictConfig, device: torch.device):
+    model = hydra.utils.instantiate(cfg.model)
+    net = model.net
+    if not cfg.get("ckpt_path"):
+        raise ValueError("ckpt_path is required: a checkpoint from train.py or `python -m mavos.checkpoints convert`"
+                         " (or score_only=true to score existing results)")
+    load_network_weights(net, cfg.ckpt_path)
+    return net.to(device).eval()
+
+
+def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    device = pick_device(cfg.device)
+    datamodule = hydra.utils.instantiate(cfg.data.module)
+    datamodule.prepare_data()
+    records = datamodule.val_videos()
+    if cfg.get("max_videos"):
+        records = records[: int(cfg.max_videos)]
+    results_dir = Path(cfg.results_dir)
+    exclude_last = cfg.data.name in EXCLUDE_LAST
+    split = cfg.get("split") or cfg.data.get("split", "val")
+    metric = JFMetric()
+    summary: dict[str, dict[str, float]] = {}
+    speeds: list[VideoSpeed] | None = None
+    if cfg.score_only:
+        score_results_dir(records, results_dir, metric, exclude_last)
+        summary["results"] = metric.compute()
+    else:
+        net = build_network(cfg, device)
+        session_kwargs = OmegaConf.to_container(cfg.session, resolve=True)
+        speeds = []
+        log.info("evaluating %d videos of %s/%s on %s", len(records), cfg.data.name, split, device)
+        for record in records:
+            speeds.append(run_video(net, record, results_dir, metric, session_kwargs, exclude_last))
+            log.info("%s: %d frames, %.2f FPS, peak %.0f MB", record.name, speeds[-1].frames, speeds[-1].fps,
+                     speeds[-1].peak_memory_mb)
+        summary[type(net.memory).__name__.replace("Memory", "").lower() + " model"] = metric.compute()
+        write_speed_csv(results_dir / f"speed-{split}.csv", speeds)
+    write_davis_csvs(results_dir, split, metric.compute(), metric.per_object_rows())
+    if cfg.get("baseline", False):
+        base = JFMetric()
+        for record in records:
+            score_copy_baseline(record, base, exclude_last)
+        summary["copy first-frame mask"] = base.compute()
+    text = format_summary(summary, speeds, device)
+    print(text)
+    atomic_save(lambda tmp: Path(tmp).write_text(text + "\n"), results_dir / f"summary-{split}.txt")
+    return summary
+
+
+def evaluate_from_training(train_cfg: DictConfig, ckpt_path: str) -> dict:
+    """Evaluate right after training with the same model/data configs (train.py evaluate_after=true)."""
+    cfg = OmegaConf.merge(train_cfg, {"ckpt_path": ckpt_path, "results_dir": str(Path(train_cfg.paths.output_dir) / "results"),
+                                      "score_only": False, "device": "auto", "max_videos": None, "baseline": True,
+                                      "split": train_cfg.data.get("split", "val"),
+                                      "session": {"long_term_gap": None, "max_long_edge": 1040, "max_short_edge": None,
+                                                  "flip": False, "amp": None}})
+    return evaluate(cfg)

@@ -1,0 +1,199 @@
+"""InferenceSession: segment one video frame by frame (the streaming API behind evaluate.py and scripts).
+
+It hides what the network should not know about: resizing to the inference resolution (long edge <=
+``max_long_edge``, sizes 16k+1) and back, objects beyond the ID bank (groups of ``max_objects`` merged by
+soft aggregation), objects appearing mid-video, flip test-time augmentation and autocast. The memory
+itself is handled by ``ObjectTracker`` exactly as in training.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mavos.inference.tracker import ObjectTracker, one_hot_mask
+from mavos.model.vos import VOSNetwork
+
+AMP_DTYPES = {None: None, "none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def inference_size(height: int, width: int, max_long_edge: float | None = 1040, max_short_edge: float | None = None,
+                   multiple: tuple[int, int] = (16, 1)) -> tuple[int, int]:
+    """The evaluation resolution: restrict short then long edge, then round each side to a*k + b."""
+    h, w = float(height), float(width)
+    if max_short_edge is not None and min(h, w) > max_short_edge:
+        s = max_short_edge / min(h, w)
+        h, w = h * s, w * s
+    if max_long_edge is not None and max(h, w) > max_long_edge:
+        s = max_long_edge / max(h, w)
+        h, w = h * s, w * s
+    a, b = multiple
+    out = []
+    for side in (int(h), int(w)):
+        if (side - b) % a != 0:
+            side = int(np.around((side - b) / a) * a + b)
+        out.append(max(side, a + b))
+    return out[0], out[1]
+
+
+def soft_aggregate(group_logits: list[torch.Tensor], group_sizes: list[int]) -> torch.Tensor:
+    """Merge per-group logits (1, 1+N, H, W) into (1, 1+K, H, W) logits: background = product of the
+    groups' background probabilities, each object keeps its group's probability."""
+    if len(group_logits) == 1:
+        return group_logits[0][:, : group_sizes[0] + 1]
+    bg, fg = [], []
+    for logits, n in zip(group_logits, group_sizes):
+        prob = torch.softmax(logits, dim=1)
+        bg.append(prob[:, :1])
+        fg.append(prob[:, 1:1 + n])
+    merged = torch.cat([torch.cat(bg, 1).prod(dim=1, keepdim=True)] + fg, dim=1).clamp(1e-5, 1 - 1e-5)
+    return torch.logit(merged)
+
+
+class InferenceSession:
+    """One video. ``add_objects(frame, mask)`` on the first frame, then ``step(frame)`` per frame
+    (``step(frame, mask)`` when new objects appear in ``mask``). Both return probabilities
+    (1 + K, H, W) at the frame's own resolution, K = highest object id so far.
+
+    frame: (H, W, 3) uint8 RGB numpy array or float tensor in [0, 1] of the same layout.
+    mask: (H, W) integer object ids (0 = background).
+    """
+
+    def __init__(self, net: VOSNetwork, long_term_gap: int | None = None, max_long_edge: float | None = 1040,
+                 max_short_edge: float | None = None, flip: bool = False, amp: str | None = None,
+                 device: torch.device | str | None = None):
+        self.net = net.eval()
+        self.device = torch.device(device) if device is not None else next(net.parameters()).device
+        self.long_term_gap = net.memory.test_gap if long_term_gap is None else int(long_term_gap)
+        self.max_long_edge, self.max_short_edge = max_long_edge, max_short_edge
+        self.flip = flip
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
+        self.amp_dtype = AMP_DTYPES[amp]
+        self.num_objects = 0
+        self.frame_index = -1
+        self.views: list[list[ObjectTracker]] = [[] for _ in range(2 if flip else 1)]
+        self.input_size: tuple[int, int] | None = None
+        self.frame_size: tuple[int, int] | None = None
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def group_size(self) -> int:
+        return self.net.max_objects
+
+    def _group_sizes(self) -> list[int]:
+        n, g = self.num_objects, self.group_size
+        return [min(g, n - i * g) for i in range(max(1, math.ceil(n / g)))]
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_input(self, frame) -> torch.Tensor:
+        """Frame -> (V, 3, h, w) float tensor at inference size (V = 2 with flip)."""
+        if isinstance(frame, torch.Tensor):
+            arr = frame.detach().float().cpu().numpy()
+            arr = arr * 255.0 if arr.max() <= 1.0 else arr
+        else:
+            arr = np.asarray(frame, dtype=np.float32)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"frame must be (H, W, 3) RGB, got shape {arr.shape}")
+        h, w = arr.shape[:2]
+        if self.frame_size is None:
+            self.frame_size = (h, w)
+            self.input_size = inference_size(h, w, self.max_long_edge, self.max_short_edge, self.net.size_multiple)
+        elif (h, w) != self.frame_size:
+            raise ValueError(f"frame {self.frame_index + 1} is {h}x{w} but the video is {self.frame_size[0]}x"
+                             f"{self.frame_size[1]}")
+        ih, iw = self.input_size
+        if (ih, iw) != (h, w):
+            arr = cv2.resize(arr, (iw, ih), interpolation=cv2.INTER_CUBIC)
+        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].to(self.device) / 255.0
+        return torch.cat([x, x.flip(-1)]) if self.flip else x
+
+    def _mask_tensor(self, mask) -> torch.Tensor:
+        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).long()
+        if m.shape != self.frame_size:
+            raise ValueError(f"mask is {tuple(m.shape)} but the frames are {self.frame_size}")
+        return m.to(self.device)
+
+    def _group_one_hots(self, label: torch.Tensor, view: int) -> list[torch.Tensor]:
+        """Full-resolution label -> per-group one-hot at inference size for one view."""
+        small = F.interpolate(label[None, None].float(), size=self.input_size, mode="nearest")[:, 0].long()
+        if view == 1:
+            small = small.flip(-1)
+        out = []
+        for g, n in enumerate(self._group_sizes()):
+            lo = g * self.group_size
+            local = torch.where((small > lo) & (small <= lo + n), small - lo, torch.zeros_like(small))
+            out.append(one_hot_mask(local, self.group_size))
+        return out
+
+    def _reference(self, inputs: torch.Tensor, label: torch.Tensor) -> None:
+        sizes = self._group_sizes()
+        for v, trackers in enumerate(self.views):
+            enc = self.net.encode(inputs[v:v + 1])
+            while len(trackers) < len(sizes):
+                trackers.append(ObjectTracker(self.net, [0], self.long_term_gap))
+            for tracker, n, one_hot in zip(trackers, sizes, self._group_one_hots(label, v)):
+                tracker.num_objects = [n]
+                tracker.reference(enc, one_hot, frame_index=self.frame_index)
+
+    # ---------------------------------------------------------------- API
+    @torch.no_grad()
+    def add_objects(self, frame, mask) -> torch.Tensor:
+        """Start the video (or restart its memory) from a frame with its object mask."""
+        if self.num_objects:
+            raise RuntimeError("objects already added; pass later masks to step(frame, mask)")
+        inputs = self._to_input(frame)
+        label = self._mask_tensor(mask)
+        self.num_objects = int(label.max())
+        if self.num_objects == 0:
+            raise ValueError("the first mask holds no object")
+        self.frame_index += 1
+        with self._autocast():
+            self._reference(inputs, label)
+        return one_hot_mask(label[None], self.num_objects)[0]
+
+    @torch.no_grad()
+    def step(self, frame, mask=None) -> torch.Tensor:
+        """Segment the next frame. ``mask`` (optional) holds objects that appear in this frame."""
+        if not self.num_objects:
+            if mask is None:
+                raise RuntimeError("call add_objects(frame, mask) with the first mask before step()")
+            return self.add_objects(frame, mask)
+        inputs = self._to_input(frame)
+        self.frame_index += 1
+        sizes = self._group_sizes()
+        probs = 0
+        with self._autocast():
+            for v, trackers in enumerate(self.views):
+                enc = self.net.encode(inputs[v:v + 1])
+                logits = [F.interpolate(t.propagate(enc).float(), size=self.frame_size, mode="bilinear",
+                                        align_corners=self.net.align_corners) for t in trackers]
+                merged = soft_aggregate(logits, sizes)
+                if v == 1:
+                    merged = merged.flip(-1)
+                probs = probs + torch.softmax(merged, dim=1)[0] / len(self.views)
+            label = probs.argmax(dim=0)
+            new = self._mask_tensor(mask) if mask is not None else None
+            if new is not None and int(new.max()) > 0:
+                label = torch.where(new > 0, new, label)
+                self.num_objects = max(self.num_objects, int(label.max()))
+                self._reference(inputs, label)
+                probs = one_hot_mask(label[None], self.num_objects)[0]
+                return probs
+            for v, trackers in enumerate(self.views):
+                for tracker, one_hot in zip(trackers, self._group_one_hots(label, v)):
+                    tracker.memorize(one_hot)
+        return probs
+
+    @property
+    def memory_slots(self) -> int:
+        """Long-term memory slots of the first object group (2 for MAVOS, growing for DeAOT)."""
+        return self.views[0][0].num_memory_slots if self.views[0] else 0

@@ -1,0 +1,52 @@
+"""Small building blocks shared by the propagation, MCA and decoder modules."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample (batch dim 0) while training."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return x * mask / keep
+
+
+class ConvGroupNorm(nn.Module):
+    """Conv2d followed by GroupNorm (8 groups), the decoder's unit."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, groups: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2)
+        self.norm = nn.GroupNorm(groups, out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+def tokens_to_map(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, H*W, C) row-major tokens -> (B, C, H, W) map."""
+    b, n, c = tokens.shape
+    h, w = size
+    if n != h * w:
+        raise ValueError(f"{n} tokens do not form a {h}x{w} map")
+    return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) map -> (B, H*W, C) row-major tokens."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x)

@@ -1,0 +1,1 @@
+"""Lightning training: the LightningModule that unrolls clips through ``ObjectTracker``, losses, schedules."""

@@ -1,0 +1,27 @@
+"""Learning-rate schedule of the DeAOT/MAVOS recipe: linear warm-up from ``min_lr``, then poly decay to ``min_lr``.
+
+The encoder runs at ``min_lr + (lr - min_lr) * encoder_ratio``. Expressed as LambdaLR factors of ``base_lr``.
+"""
+from __future__ import annotations
+
+
+def recipe_lr(step: int, total_steps: int, base_lr: float, min_lr: float, warmup_ratio: float = 0.05,
+              power: float = 0.9) -> float:
+    warmup = int(total_steps * warmup_ratio)
+    if step < warmup:
+        return min_lr + (base_lr - min_lr) * step / warmup
+    step, total = step - warmup, total_steps - warmup
+    return min_lr + (base_lr - min_lr) * max(0.0, 1 - step / (total + 1)) ** power
+
+
+class RecipeLRLambda:
+    """Picklable LambdaLR factor (checkpoints store the scheduler)."""
+
+    def __init__(self, total_steps: int, base_lr: float, min_lr: float, warmup_ratio: float = 0.05,
+                 power: float = 0.9, ratio: float = 1.0):
+        self.total_steps, self.base_lr, self.min_lr = total_steps, base_lr, min_lr
+        self.warmup_ratio, self.power, self.ratio = warmup_ratio, power, ratio
+
+    def __call__(self, step: int) -> float:
+        lr = recipe_lr(step, self.total_steps, self.base_lr, self.min_lr, self.warmup_ratio, self.power)
+        return (self.min_lr + (lr - self.min_lr) * self.ratio) / self.base_lr

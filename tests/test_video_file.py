@@ -1,0 +1,154 @@
+"""Video files (decord and PyAV) and generic frame folders as VideoRecords."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mavos.data import video_file
+from mavos.data.io import read_frame, write_frame, write_mask
+from mavos.data.records import DatasetError
+from mavos.data.video_file import FrameFolderReader, VideoFileReader, read_video_frames
+
+H, W, N = 48, 64, 8
+
+
+def _colour(i: int) -> tuple[int, int, int]:
+    """RGB of frame i: red rises, green falls, so order and content are both checkable."""
+    return (20 + 25 * i, 230 - 25 * i, 90)
+
+
+@pytest.fixture()
+def mp4(tmp_path) -> Path:
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (W, H))
+    assert writer.isOpened()
+    for i in range(N):
+        rgb = np.empty((H, W, 3), np.uint8)
+        rgb[:] = _colour(i)
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def _check_frames(frames: list[np.ndarray]) -> None:
+    assert len(frames) == N
+    for i, f in enumerate(frames):
+        assert f.shape == (H, W, 3) and f.dtype == np.uint8
+        mean = f.reshape(-1, 3).mean(0)
+        assert np.allclose(mean, _colour(i), atol=8), (i, mean)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_read_video_frames_backends(mp4, backend):
+    if backend == "decord":
+        pytest.importorskip("decord")
+    _check_frames(list(read_video_frames(mp4, backend=backend)))
+
+
+def test_auto_falls_back_to_pyav_without_decord(mp4, monkeypatch):
+    monkeypatch.setitem(sys.modules, "decord", None)  # `import decord` now raises ImportError
+    _check_frames(list(read_video_frames(mp4)))
+
+
+@pytest.mark.parametrize("backend", ["auto", "decord", "pyav"])
+def test_unreadable_video_names_it(tmp_path, backend):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"this is not a video" * 50)
+    with pytest.raises(DatasetError, match=r"broken\.mp4"):
+        read_video_frames(bad, backend=backend)
+    with pytest.raises(DatasetError, match=r"missing\.mp4: video file does not exist"):
+        read_video_frames(tmp_path / "missing.mp4")
+
+
+def test_video_file_reader_decodes_once_into_jpeg_cache(mp4, tmp_path, monkeypatch):
+    mask = np.zeros((H, W), np.uint8)
+    mask[5:20, 5:20] = 1
+    mask[30:40, 40:60] = 3
+    write_mask(tmp_path / "first.png", mask)
+    cache = tmp_path / "cache"
+    (video,) = VideoFileReader(mp4, tmp_path / "first.png", frame_dir=cache).videos()
+    assert video.name == "clip"
+    assert video.frames == [cache / f"{i:05d}.jpg" for i in range(N)]
+    assert video.frame_names[0] == "00000"
+    assert video.annotations == {0: tmp_path / "first.png"}
+    assert video.object_first_frame == {1: 0, 3: 0}
+    _check_frames([read_frame(f) for f in video.frames])
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again although the cache is complete")
+
+    monkeypatch.setattr(video_file, "read_video_frames", no_decoding)
+    (again,) = VideoFileReader(mp4, tmp_path / "first.png", frame_dir=cache).videos()
+    assert again.frames == video.frames
+    (cache / ".complete").unlink()  # an interrupted decode leaves no marker: decode again
+    with pytest.raises(AssertionError, match="decoded again"):
+        VideoFileReader(mp4, tmp_path / "first.png", frame_dir=cache).videos()
+
+
+def test_video_file_reader_default_cache_is_reused(mp4, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    write_mask(tmp_path / "m.png", np.pad(np.ones((4, 4), np.uint8), ((0, H - 4), (0, W - 4))))
+    (a,) = VideoFileReader(mp4, tmp_path / "m.png").videos()
+    assert str(a.frames[0]).startswith(str(tmp_path / "tmp"))
+    (b,) = VideoFileReader(mp4, tmp_path / "m.png").videos()
+    assert a.frames == b.frames
+
+
+def test_video_mask_of_another_size_names_both(mp4, tmp_path):
+    write_mask(tmp_path / "small.png", np.ones((H // 2, W), np.uint8))
+    with pytest.raises(DatasetError, match=r"small\.png.*64x24.*00000\.jpg.*64x48"):
+        VideoFileReader(mp4, tmp_path / "small.png", frame_dir=tmp_path / "c").videos()
+
+
+def test_video_unreadable_names_it(tmp_path):
+    (tmp_path / "bad.avi").write_bytes(b"\x00" * 1000)
+    write_mask(tmp_path / "m.png", np.ones((H, W), np.uint8))
+    with pytest.raises(DatasetError, match=r"bad\.avi"):
+        VideoFileReader(tmp_path / "bad.avi", tmp_path / "m.png", frame_dir=tmp_path / "c").videos()
+
+
+# ------------------------------------------------------------------------------- frame folders
+def _folder(tmp_path: Path) -> tuple[Path, Path]:
+    frames, masks = tmp_path / "frames", tmp_path / "masks"
+    for i in range(12):
+        write_frame(frames / f"frame{i}.jpg", np.full((H, W, 3), 10 * i, np.uint8))
+    first = np.zeros((H, W), np.uint8)
+    first[:10, :10] = 1
+    later = first.copy()
+    later[20:30, 20:30] = 2
+    write_mask(masks / "frame2.png", first)
+    write_mask(masks / "frame10.png", later)
+    return frames, masks
+
+
+def test_frame_folder_natural_order_and_objects_added_later(tmp_path):
+    frames, masks = _folder(tmp_path)
+    (video,) = FrameFolderReader(frames, masks).videos()
+    assert video.frame_names == [f"frame{i}" for i in range(12)]  # frame10 after frame9
+    assert sorted(video.annotations) == [2, 10]
+    assert video.object_first_frame == {1: 2, 2: 10}
+    assert video.meta["start_frame"] == 2
+    assert video.scored_frames == list(range(2, 12))
+
+
+def test_frame_folder_errors_name_the_file(tmp_path):
+    frames, masks = _folder(tmp_path)
+    write_mask(masks / "frame99.png", np.ones((H, W), np.uint8))
+    with pytest.raises(DatasetError, match=r"frame99\.png.*no frame image"):
+        FrameFolderReader(frames, masks).videos()
+    (masks / "frame99.png").unlink()
+
+    write_mask(masks / "frame5.png", np.ones((H, W + 2), np.uint8))
+    with pytest.raises(DatasetError, match=r"frame5\.png.*66x48.*frame5\.jpg.*64x48"):
+        FrameFolderReader(frames, masks).videos()
+    (masks / "frame5.png").unlink()
+
+    (frames / "frame2.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(DatasetError, match=r"frame2\.jpg: cannot read image"):
+        FrameFolderReader(frames, masks).videos()
