@@ -1,7 +1,6 @@
 """Static images with masks turned into training clips."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,20 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
+from mavos.data.clips import ClipConfig
 from mavos.data.io import write_frame, write_mask
 from mavos.data.records import DatasetError
 from mavos.data.static import StaticTrainSet, read_static_mask
 
 
-@dataclass
-class Cfg:
-    """The ClipConfig fields the static set reads."""
-
-    clip_len: int = 4
-    crop_size: tuple[int, int] = (40, 48)
-    max_objects: int = 10
-    merge_prob: float = 0.0
-    shuffle_ids: bool = True
+def Cfg(**overrides) -> ClipConfig:
+    """A small clip config: 4 frames of 40x48, no merge unless asked."""
+    return ClipConfig(**{"clip_len": 4, "crop_size": (40, 48), "merge_prob": 0.0, "min_object_pixels": 100,
+                         **overrides})
 
 
 S = 64
@@ -92,7 +87,7 @@ def test_static_clip_shapes_ids_and_alignment(tmp_path, index, expected_objects)
 def test_static_merge_and_max_objects(tmp_path):
     _static(tmp_path)
     torch.manual_seed(0)
-    ds = StaticTrainSet(tmp_path, min_object_pixels=1).dataset(Cfg(merge_prob=1.0))
+    ds = StaticTrainSet(tmp_path).dataset(Cfg(merge_prob=1.0, min_object_pixels=1))
     counts = set()
     for _ in range(8):
         clip = ds[0]
@@ -133,3 +128,10 @@ def test_static_errors_name_the_file(tmp_path):
     (tmp_path / "JPEGImages" / "PASCALVOC2012" / "b.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     with pytest.raises(DatasetError, match=r"b\.jpg: cannot read image"):
         ds[1]
+
+
+def test_static_accepts_hydra_style_dict_config(tmp_path):
+    _static(tmp_path)
+    ds = StaticTrainSet(tmp_path).dataset({"clip_len": 2, "crop_size": [32, 24], "merge_prob": 0.0})
+    clip = ds[1]
+    assert clip["frames"].shape == (2, 3, 32, 24) and clip["masks"].shape == (2, 32, 24)

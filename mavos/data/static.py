@@ -8,6 +8,9 @@ A clip is ``clip_len`` random views of one image: frame 0 gets colour jitter and
 crop; later frames also get a horizontal flip and a random affine (rotation 20 deg, shear 10 deg), so
 the network learns to follow objects through deformation. Grey and blur as in the official ``v2``
 augmentation. With probability ``merge_prob`` the objects of a second clip are pasted over the first.
+The knobs come from :class:`~mavos.data.clips.ClipConfig` (``flip_prob`` flips the whole clip,
+``min_object_pixels`` decides what counts as visible in frame 0); its video-only fields (short_edge,
+scale, reverse_prob) do not apply to single images.
 
 Mask convention: palette ("P") PNGs hold instance ids (255 = void, becomes background); any other mode
 is a saliency mask (ECSSD, MSRA10K, PASCAL-S are 0/255 greyscale): pixels >= 128 are the one object,
@@ -24,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mavos.data.clips import ClipConfig
 from mavos.data.io import read_frame
 from mavos.data.listing import FRAME_EXTENSIONS, list_files, missing_root
 from mavos.data.records import DatasetError
@@ -70,23 +74,14 @@ class StaticTrainSet:
     """The static-image pre-training set; :meth:`dataset` turns it into a torch Dataset of clips.
 
     repeat: how many times each image is listed per epoch. sources: sub-folders to use.
-    min_object_pixels: an object counts as visible in frame 0 (and survives a merge) from this many
-    pixels on; it is relaxed to one pixel when no view of the image keeps an object that large.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        repeat: int = 1,
-        sources: tuple[str, ...] | list[str] = STATIC_SOURCES,
-        min_object_pixels: int = 100,
-    ):
+    def __init__(self, root: str | Path, repeat: int = 1, sources: tuple[str, ...] | list[str] = STATIC_SOURCES):
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat}")
         self.root = Path(root)
         self.repeat = repeat
         self.sources = tuple(sources)
-        self.min_object_pixels = min_object_pixels
         self.name = "static"
 
     def pairs(self) -> list[tuple[Path, Path]]:
@@ -110,22 +105,26 @@ class StaticTrainSet:
             )
         return pairs
 
-    def dataset(self, cfg) -> "StaticClipDataset":
-        """A Dataset of clips shaped by ``cfg`` (a ClipConfig: clip_len, crop_size, max_objects,
-        merge_prob, shuffle_ids)."""
-        return StaticClipDataset(self.pairs(), cfg, self.repeat, self.min_object_pixels)
+    def __repr__(self) -> str:
+        return f"StaticTrainSet(root={str(self.root)!r}, repeat={self.repeat}, sources={self.sources})"
+
+    def dataset(self, cfg: ClipConfig | dict | None = None) -> "StaticClipDataset":
+        """A Dataset of clips shaped by ``cfg`` (a ClipConfig or its fields as a dict)."""
+        return StaticClipDataset(self.pairs(), ClipConfig.from_any(cfg), self.repeat)
 
 
 class StaticClipDataset(Dataset):
     """Yields ``frames`` (T, 3, H, W) float32 in [0, 1], ``masks`` (T, H, W) int64 ids 0..K,
-    ``num_objects`` int64 scalar and ``name``; every object is visible in frame 0.
+    ``num_objects`` int64 scalar and ``name``; every object is visible in frame 0 (at least
+    ``cfg.min_object_pixels`` pixels, relaxed to one pixel when no view of the image keeps an
+    object that large).
 
     Randomness comes from torch's generator (one draw per clip seeds albumentations and numpy), so
     ``torch.manual_seed`` / the DataLoader's per-worker seeding make clips reproducible and distinct
     across workers.
     """
 
-    def __init__(self, pairs: list[tuple[Path, Path]], cfg, repeat: int = 1, min_object_pixels: int = 100):
+    def __init__(self, pairs: list[tuple[Path, Path]], cfg: ClipConfig, repeat: int = 1):
         self.pairs = pairs
         self.repeat = repeat
         self.clip_len = int(cfg.clip_len)
@@ -133,18 +132,20 @@ class StaticClipDataset(Dataset):
         self.max_objects = int(cfg.max_objects)
         self.merge_prob = float(cfg.merge_prob)
         self.shuffle_ids = bool(cfg.shuffle_ids)
-        self.min_object_pixels = min_object_pixels
+        self.flip_prob = float(cfg.flip_prob)
+        self.min_object_pixels = max(1, int(cfg.min_object_pixels))
         if self.clip_len < 1:
             raise ValueError(f"clip_len must be >= 1, got {self.clip_len}")
         h, w = self.crop_hw
-        self.first_view = A.Compose([_random_crop(h, w), *_photometric()])
+        photometric = lambda: _photometric(cfg.color_jitter, cfg.gray_prob, cfg.blur_prob)  # noqa: E731
+        self.first_view = A.Compose([_random_crop(h, w), *photometric()])
         self.later_view = A.Compose([
             A.HorizontalFlip(p=0.3),
             A.Affine(rotate=(-20, 20), shear=(-10, 10), translate_percent=(-0.1, 0.1), scale=(0.9, 1.1),
                      interpolation=cv2.INTER_CUBIC, mask_interpolation=cv2.INTER_NEAREST,
                      fill=FILL_COLOUR, fill_mask=0, p=1.0),
             _random_crop(h, w),
-            *_photometric(),
+            *photometric(),
         ])
         self.plain_view = A.Compose([A.Resize(h, w, interpolation=cv2.INTER_CUBIC, mask_interpolation=cv2.INTER_NEAREST)])
 
@@ -163,7 +164,7 @@ class StaticClipDataset(Dataset):
             )
         if not mask.any():
             raise DatasetError(f"{mask_path}: mask holds no object")
-        if rng.random() < 0.5:
+        if rng.random() < self.flip_prob:
             image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
         for view in (self.first_view, self.later_view):
             view.set_random_seed(int(rng.integers(2**31)))
@@ -233,13 +234,16 @@ def _random_crop(h: int, w: int) -> A.RandomResizedCrop:
                                interpolation=cv2.INTER_CUBIC, mask_interpolation=cv2.INTER_NEAREST, p=1.0)
 
 
-def _photometric() -> list[A.BasicTransform]:
+def _photometric(color_jitter: bool, gray_prob: float, blur_prob: float) -> list[A.BasicTransform]:
     """Colour jitter, grey and blur of the official "v2" static augmentation (image only)."""
-    return [
-        A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8),
-        A.ToGray(p=0.2),
-        A.GaussianBlur(sigma_limit=(0.1, 2.0), p=0.3),
-    ]
+    steps: list[A.BasicTransform] = []
+    if color_jitter:
+        steps.append(A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8))
+    if gray_prob > 0:
+        steps.append(A.ToGray(p=gray_prob))
+    if blur_prob > 0:
+        steps.append(A.GaussianBlur(sigma_limit=(0.1, 2.0), p=blur_prob))
+    return steps
 
 
 def _visible_ids(mask: np.ndarray, min_pixels: int) -> list[int]:

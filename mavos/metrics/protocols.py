@@ -68,8 +68,7 @@ def _annotation_files(folder: Path, what: str) -> list[Path]:
 def _read_gt(path: Path) -> np.ndarray:
     """A ground-truth mask with void (255) turned into background."""
     mask = read_mask(path)
-    mask[mask == VOID_ID] = 0
-    return mask
+    return np.where(mask == VOID_ID, 0, mask).astype(np.uint8)
 
 
 def _read_result(results_dir: Path, video: str, stem: str, gt_path: Path, gt_shape: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,120 @@
+"""Command line: turn an official MAVOS / DeAOT checkpoint into one ``evaluate.py`` can load.
+
+    python -m mavos.checkpoints convert IN.pth OUT.ckpt model=mavos_r50
+
+The output is a Lightning-style checkpoint: ``state_dict`` holds our network's tensors under ``net.``
+(as ``VOSLitModule`` stores them), ``hyper_parameters`` / ``mavos`` name the model it belongs to.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mavos.checkpoints.convert import OFFICIAL_MODELS, convert_official_state_dict, fit_to_model
+from mavos.checkpoints.loading import CheckpointError
+from mavos.data.io import atomic_save
+
+USAGE = ("usage: python -m mavos.checkpoints convert IN.pth OUT.ckpt model=NAME [unsafe_load=true]\n"
+         f"  NAME: one of {', '.join(sorted(OFFICIAL_MODELS))}")
+
+
+@dataclass
+class ConversionReport:
+    model: str
+    tensors: int
+    parameters: int
+    unmapped: list[str]
+
+
+def read_official(path: Path, unsafe_load: bool = False) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not unsafe_load)
+    except Exception as e:
+        hint = "" if unsafe_load else " (if the file is trusted and holds non-tensor objects, add unsafe_load=true)"
+        raise CheckpointError(f"{path}: cannot read checkpoint: {e}{hint}") from e
+
+
+def convert_checkpoint_file(src: str | Path, dst: str | Path, model: str, unsafe_load: bool = False) -> ConversionReport:
+    """Convert ``src`` (official) to ``dst`` (ours); refuses, naming ``src``, when it does not fit ``model``."""
+    from lightning import __version__ as lightning_version
+
+    from mavos.model.vos import build_vos_network
+
+    src, dst = Path(src), Path(dst)
+    if model not in OFFICIAL_MODELS:
+        raise CheckpointError(f"{src}: unknown model {model!r}; choose from {sorted(OFFICIAL_MODELS)}")
+    raw = read_official(src, unsafe_load)
+    try:
+        converted, unmapped = convert_official_state_dict(raw, model)
+    except ValueError as e:
+        raise CheckpointError(f"{src}: {e}") from e
+    backbone, memory = OFFICIAL_MODELS[model]
+    net = build_vos_network(backbone, memory)
+    try:
+        fitted, missing, unexpected = fit_to_model(converted, net.state_dict(), str(src))
+    except ValueError as e:
+        raise CheckpointError(str(e) + f". Is {src} really a {model} checkpoint?") from e
+    unmapped = unmapped + unexpected
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" ... (+{len(missing) - 8} more)" if len(missing) > 8 else "")
+        raise CheckpointError(f"{src}: {len(missing)} tensors of {model} are not in the checkpoint: {shown}. "
+                              f"Is it really a {model} checkpoint?")
+    net.load_state_dict(fitted, strict=True)  # final proof that evaluate.py's strict load will succeed
+    ckpt = {
+        "state_dict": {"net." + k: v for k, v in fitted.items()},
+        "hyper_parameters": {"model": model, "backbone": backbone, "memory": memory},
+        "mavos": {"model": model, "source": str(src), "converted_from": "official", "unmapped": unmapped},
+        "pytorch-lightning_version": lightning_version,
+        "epoch": 0,
+        "global_step": 0,
+    }
+    atomic_save(lambda tmp: torch.save(ckpt, tmp), dst)
+    return ConversionReport(model, len(fitted), sum(p.numel() for p in net.parameters()), unmapped)
+
+
+def parse_options(items: list[str]) -> dict[str, str]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"expected key=value, got {item!r}\n{USAGE}")
+        options[key.lstrip("-")] = value
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 3 or argv[0] != "convert":
+        print(USAGE, file=sys.stderr)
+        return 2
+    src, dst = argv[1], argv[2]
+    options = parse_options(argv[3:])
+    unknown = set(options) - {"model", "unsafe_load"}
+    if "model" not in options or unknown:
+        print(f"{'unknown options ' + str(sorted(unknown)) if unknown else 'model= is required'}\n{USAGE}",
+              file=sys.stderr)
+        return 2
+    unsafe = options.get("unsafe_load", "false").lower() in ("1", "true", "yes")
+    try:
+        report = convert_checkpoint_file(src, dst, options["model"], unsafe_load=unsafe)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{src} -> {dst}: {report.model}, {report.tensors} tensors, {report.parameters:,} parameters")
+    print("missing keys: none")
+    if report.unmapped:
+        print(f"unmapped official keys ({len(report.unmapped)}, not used):")
+        for key in report.unmapped:
+            print(f"  {key}")
+    else:
+        print("unmapped official keys: none")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""One LightningDataModule for every benchmark: training clips from any mix of sets, videos for validation.
+
+DDP: the training DataLoader is built with ``shuffle=True`` (or with our own epoch sampler when
+``samples_per_epoch`` is set) and no distributed sampler. Keep the Trainer's
+``use_distributed_sampler=True`` (the default): Lightning then shards it per rank, replacing a
+plain shuffle by a ``DistributedSampler`` and wrapping :class:`EpochSampler` in its
+``DistributedSamplerWrapper`` so each rank draws ``samples_per_epoch / world_size`` clips. The epoch
+sampler draws from a generator seeded by (seed, epoch), so every rank materialises the same list
+before sharding it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import lightning as L
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+
+from mavos.data.clips import ClipConfig
+from mavos.data.records import VideoRecord
+
+
+class TrainSet(Protocol):
+    """Anything that turns a clip config into a dataset of clips (``VideoTrainSet``, ``StaticTrainSet``)."""
+
+    def dataset(self, cfg: ClipConfig) -> Dataset: ...
+
+
+class EpochSampler(Sampler[int]):
+    """``num_samples`` indices drawn with replacement, re-drawn each epoch from (seed, epoch).
+
+    Deterministic across processes, which Lightning's ``DistributedSamplerWrapper`` needs: every
+    rank builds the same list and takes its own share.
+    """
+
+    def __init__(self, num_items: int, num_samples: int, seed: int = 0) -> None:
+        if num_items < 1 or num_samples < 1:
+            raise ValueError("num_items and num_samples must be >= 1")
+        self.num_items = int(num_items)
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randint(0, self.num_items, (self.num_samples,), generator=g).tolist()
+
+
+class VOSDataModule(L.LightningDataModule):
+    """Training clips from ``train_sets`` (concatenated) and validation videos from ``val_reader``.
+
+    ``prepare`` is an optional callable run once per node in ``prepare_data`` (e.g.
+    :class:`mavos.data.synthetic.SyntheticPrepare` generates the embedded benchmark on first use).
+    Readers and train sets touch the disk only when asked for videos, i.e. after ``prepare_data``.
+    """
+
+    def __init__(
+        self,
+        train_sets: list[TrainSet] | None = None,
+        val_reader: Any = None,
+        clip: ClipConfig | dict | None = None,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+        prepare: Callable[[], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.train_sets = list(train_sets or [])
+        self.val_reader = val_reader
+        self.clip = ClipConfig.from_any(clip)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.samples_per_epoch = samples_per_epoch
+        self.seed = int(seed)
+        self.prepare = prepare
+        self._train_dataset: Dataset | None = None
+
+    def prepare_data(self) -> None:
+        if self.prepare is not None:
+            self.prepare()
+
+    def train_dataset(self) -> Dataset:
+        """All train sets as one dataset (built once, after ``prepare_data``)."""
+        if self._train_dataset is None:
+            if not self.train_sets:
+                raise ValueError("VOSDataModule has no train_sets: nothing to train on")
+            parts = [s.dataset(self.clip) for s in self.train_sets]
+            self._train_dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        return self._train_dataset
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.train_dataset()
+        sampler = None
+        if self.samples_per_epoch:
+            sampler = EpochSampler(len(dataset), self.samples_per_epoch, seed=self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def val_videos(self) -> list[VideoRecord]:
+        """The validation videos (streamed one by one by the evaluator, not batched)."""
+        return [] if self.val_reader is None else self.val_reader.videos()
