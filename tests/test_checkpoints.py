@@ -40,7 +40,8 @@ EXPECTED_MCA_NAMES = {
     "long_term_memory_attention.1.1.joint_modulation.norm_c.bias": "memory.fusers.1.value.norm_old.bias",
     "long_term_memory_attention.2.3.joint_modulation.attn.h.weight": "memory.fusers.2.id_value.modulator.weight",
     "long_term_memory_attention.2.3.joint_modulation.attn.f_context.weight": "memory.fusers.2.id_value.context.weight",
-    "long_term_memory_attention.1.0.joint_modulation.attn.focal_layers.1.0.weight": "memory.fusers.1.key.focal.1.weight",
+    "long_term_memory_attention.1.0.joint_modulation.attn.focal_layers.1.0.weight":
+        "memory.fusers.1.key.focal.1.weight",
     "long_term_memory_attention.0.1.joint_modulation.mlp.fc2.bias": "memory.fusers.0.value.mlp.2.bias",
     "long_term_memory_attention.0.3.joint_modulation.norm2.weight": "memory.fusers.0.id_value.norm_mlp.weight",
 }

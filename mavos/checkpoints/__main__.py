@@ -39,7 +39,8 @@ def read_official(path: Path, unsafe_load: bool = False) -> dict:
         raise CheckpointError(f"{path}: cannot read checkpoint: {e}{hint}") from e
 
 
-def convert_checkpoint_file(src: str | Path, dst: str | Path, model: str, unsafe_load: bool = False) -> ConversionReport:
+def convert_checkpoint_file(src: str | Path, dst: str | Path, model: str,
+                            unsafe_load: bool = False) -> ConversionReport:
     """Convert ``src`` (official) to ``dst`` (ours); refuses, naming ``src``, when it does not fit ``model``."""
     from lightning import __version__ as lightning_version
 

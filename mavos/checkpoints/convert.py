@@ -42,7 +42,8 @@ RENAME_RULES: list[tuple[str, str]] = [
     (r"^(propagator\.layers\.\d+\.)linear_U\.", r"\1linear_u."),
     (r"^(propagator\.layers\.\d+\.)linear_ID_V\.", r"\1linear_id_v."),
     (r"^(propagator\.layers\.\d+\.)linear_ID_U\.", r"\1linear_id_u."),
-    (r"^(propagator\.layers\.\d+\.self_attn\.)linear_(QK|V1|V2|U1|U2)\.", lambda m: m[1] + "linear_" + m[2].lower() + "."),
+    (r"^(propagator\.layers\.\d+\.self_attn\.)linear_(QK|V1|V2|U1|U2)\.",
+     lambda m: f"{m[1]}linear_{m[2].lower()}."),
     (r"^(propagator\.layers\.\d+\.short_term_attn\.)relative_emb_k\.", r"\1relative_emb."),
     # decoder: ConvGN units call their GroupNorm "norm"
     (r"^(decoder\.conv_\w+)\.gn\.", r"\1.norm."),

@@ -46,6 +46,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def load_annotation(record: VideoRecord, path) -> np.ndarray:
+    """Read an annotation; single-object benchmarks (LTV) binarise labels (any id > 0 -> 1)."""
+    mask = read_mask(path)
+    return (mask > 0).astype(np.uint8) if record.meta.get("binarize") else mask
+
+
 def object_ids_to_score(record: VideoRecord) -> list[int]:
     """DAVIS: objects 1..max id of the first annotation (missing ids score as zero-padded objects)."""
     return list(range(1, max(record.object_ids) + 1)) if record.object_ids else []
@@ -59,7 +65,7 @@ def new_objects_mask(record: VideoRecord, index: int, seen: set[int]) -> np.ndar
     new_ids = [o for o, first in record.object_first_frame.items() if first == index and o not in seen]
     if not new_ids:
         return None
-    mask = read_mask(path)
+    mask = load_annotation(record, path)
     mask = np.where(np.isin(mask, new_ids), mask, 0)
     return mask if mask.any() else None
 
@@ -106,7 +112,7 @@ def run_video(net: VOSNetwork, record: VideoRecord, results_dir: Path | None, me
         if results_dir is not None and i in write:
             write_mask(results_dir / record.name / f"{record.frame_names[i]}.png", label)
         if i in gt_frames:
-            scores.add(label, read_mask(gt[i]))
+            scores.add(label, load_annotation(record, gt[i]))
     if metric is not None and scores.object_ids:
         metric.add_object_scores(*scores.rows(), video=record.name, object_ids=scores.object_ids)
     return VideoSpeed(record.name, timed + 1, elapsed, peak_memory_mb(device))
@@ -115,11 +121,11 @@ def run_video(net: VOSNetwork, record: VideoRecord, results_dir: Path | None, me
 def score_copy_baseline(record: VideoRecord, metric: JFMetric, exclude_last: bool = True) -> None:
     """The trivial baseline: the first-frame mask copied to every frame."""
     first = min(record.annotations)
-    ref = read_mask(record.annotations[first])
+    ref = load_annotation(record, record.annotations[first])
     gt = record.gt_annotations or record.annotations
     scores = VideoScores(object_ids_to_score(record))
     for i in scored_gt_frames(record, exclude_last):
-        scores.add(ref, read_mask(gt[i]))
+        scores.add(ref, load_annotation(record, gt[i]))
     if scores.object_ids:
         metric.add_object_scores(*scores.rows(), video=record.name, object_ids=scores.object_ids)
 
@@ -133,7 +139,7 @@ def score_results_dir(records: list[VideoRecord], results_dir: Path, metric: JFM
             path = results_dir / record.name / f"{record.frame_names[i]}.png"
             if not path.is_file():
                 raise DatasetError(f"{path}: result missing (needed to score frame {i} of '{record.name}')")
-            pred, true = read_mask(path), read_mask(gt[i])
+            pred, true = read_mask(path), load_annotation(record, gt[i])
             if pred.shape != true.shape:
                 raise DatasetError(f"{path}: result is {pred.shape[0]}x{pred.shape[1]} but ground truth {gt[i]} is "
                                    f"{true.shape[0]}x{true.shape[1]}")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
+import zipfile
 import logging
 from pathlib import Path
 
@@ -14,12 +16,11 @@ from mavos.checkpoints.loading import load_network_weights
 from mavos.data.io import atomic_save
 from mavos.evaluation.evaluator import VideoSpeed, run_video, score_copy_baseline, score_results_dir
 from mavos.metrics.jf import JFMetric
-from mavos.metrics.protocols import write_davis_csvs
+from mavos.metrics.protocols import score_lvos, write_davis_csvs, write_lvos_csvs
 
 log = logging.getLogger(__name__)
 
-# Benchmarks scored like DAVIS (first and last frame excluded).
-EXCLUDE_LAST = {"synthetic", "davis2017"}
+PROTOCOLS = ("davis", "ltv", "lvos", "none")
 
 
 def pick_device(name: str) -> torch.device:
@@ -40,7 +41,8 @@ def write_speed_csv(path: Path, speeds: list[VideoSpeed]) -> None:
 def format_summary(rows: dict[str, dict[str, float]], speeds: list[VideoSpeed] | None, device: torch.device) -> str:
     lines = [f"{'method':<28}{'J&F-Mean':>10}{'J-Mean':>10}{'F-Mean':>10}"]
     for name, r in rows.items():
-        lines.append(f"{name:<28}{r['J&F-Mean']:>10.4f}{r['J-Mean']:>10.4f}{r['F-Mean']:>10.4f}")
+        vals = [r.get(k, float("nan")) for k in ("J&F-Mean", "J-Mean", "F-Mean")]
+        lines.append(f"{name:<28}" + "".join(f"{v:>10.4f}" for v in vals))
     if speeds:
         total_frames = sum(s.frames - 1 for s in speeds)
         total_time = sum(s.seconds for s in speeds)
@@ -50,6 +52,41 @@ def format_summary(rows: dict[str, dict[str, float]], speeds: list[VideoSpeed] |
         lines.append(f"speed: {fps:.2f} FPS over {total_frames} frames (frame 0 excluded) on {device}; "
                      f"peak memory {peak:.0f} MB ({kind})")
     return "\n".join(lines)
+
+
+def write_submission_zip(results_dir: Path, records, path: Path) -> None:
+    """YouTube-VOS / LVOS server format: a zip of Annotations/<video>/<frame>.png."""
+    def save(tmp):
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for record in records:
+                for png in sorted((results_dir / record.name).glob("*.png")):
+                    zf.write(png, f"Annotations/{record.name}/{png.name}")
+    atomic_save(save, path)
+    log.info("submission: %s", path)
+
+
+def score_lvos_results(cfg: DictConfig, results_dir: Path, split: str) -> dict[str, float]:
+    """LVOS v1 toolkit rules on the written PNGs (needs the toolkit's unseen_videos.txt)."""
+    unseen = Path(cfg.data.unseen_videos)
+    if not unseen.is_file():
+        raise FileNotFoundError(f"{unseen}: LVOS scoring needs lvos-evaluation's unseen_videos.txt "
+                                f"(set data.unseen_videos=...)")
+    split_root = Path(cfg.data.root) / cfg.data.get("split_dir", split)
+    global_row, rows = score_lvos(split_root, results_dir, unseen)
+    write_lvos_csvs(results_dir, split, global_row, rows)
+    return global_row
+
+
+def write_overlay_for(record, results_dir: Path) -> None:
+    """overlay.mp4 of a user's video: the written masks coloured over its frames."""
+    from mavos.data.io import read_frame, read_mask
+    from mavos.evaluation.overlay import write_overlay_video
+
+    pairs = ((read_frame(f), read_mask(results_dir / record.name / f"{n}.png"))
+             for f, n in zip(record.frames, record.frame_names) if (results_dir / record.name / f"{n}.png").is_file())
+    path = results_dir / f"{record.name}_overlay.mp4"
+    write_overlay_video(pairs, path, fps=float(record.meta.get("fps", 24.0)))
+    log.info("overlay video: %s", path)
 
 
 def build_network(cfg: DictConfig, device: torch.device):
@@ -63,6 +100,7 @@ def build_network(cfg: DictConfig, device: torch.device):
 
 
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    warnings.filterwarnings("ignore", message=".*compute.*called before.*update", category=UserWarning)
     device = pick_device(cfg.device)
     datamodule = hydra.utils.instantiate(cfg.data.module)
     datamodule.prepare_data()
@@ -70,12 +108,20 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     if cfg.get("max_videos"):
         records = records[: int(cfg.max_videos)]
     results_dir = Path(cfg.results_dir)
-    exclude_last = cfg.data.name in EXCLUDE_LAST
+    protocol = cfg.data.get("protocol", "davis")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    exclude_last = protocol == "davis"          # DAVIS drops the first and last frame; LTV only the first
+    streamed = protocol in ("davis", "ltv")     # scored while streaming; LVOS is scored from the written PNGs
     split = cfg.get("split") or cfg.data.get("split", "val")
     metric = JFMetric()
     summary: dict[str, dict[str, float]] = {}
     speeds: list[VideoSpeed] | None = None
-    if cfg.score_only:
+    if cfg.score_only and protocol == "lvos":
+        pass
+    elif cfg.score_only:
+        if not streamed:
+            raise ValueError(f"score_only: {cfg.data.name} ({protocol}) has no local ground truth to score against")
         score_results_dir(records, results_dir, metric, exclude_last)
         summary["results"] = metric.compute()
     else:
@@ -84,13 +130,23 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
         speeds = []
         log.info("evaluating %d videos of %s/%s on %s", len(records), cfg.data.name, split, device)
         for record in records:
-            speeds.append(run_video(net, record, results_dir, metric, session_kwargs, exclude_last))
+            speeds.append(run_video(net, record, results_dir, metric if streamed else None, session_kwargs,
+                                    exclude_last))
             log.info("%s: %d frames, %.2f FPS, peak %.0f MB", record.name, speeds[-1].frames, speeds[-1].fps,
                      speeds[-1].peak_memory_mb)
-        summary[type(net.memory).__name__.replace("Memory", "").lower() + " model"] = metric.compute()
+        if streamed:
+            summary[type(net.memory).__name__.replace("Memory", "").lower() + " model"] = metric.compute()
         write_speed_csv(results_dir / f"speed-{split}.csv", speeds)
-    write_davis_csvs(results_dir, split, metric.compute(), metric.per_object_rows())
-    if cfg.get("baseline", False):
+        if cfg.data.name == "ytvos":
+            write_submission_zip(results_dir, records, results_dir / "submission.zip")
+        if cfg.data.name == "video":
+            for record in records:
+                write_overlay_for(record, results_dir)
+    if streamed:
+        write_davis_csvs(results_dir, split, metric.compute(), metric.per_object_rows())
+    elif protocol == "lvos":
+        summary["lvos"] = score_lvos_results(cfg, results_dir, split)
+    if cfg.get("baseline", False) and streamed:
         base = JFMetric()
         for record in records:
             score_copy_baseline(record, base, exclude_last)
@@ -103,9 +159,9 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
 
 def evaluate_from_training(train_cfg: DictConfig, ckpt_path: str) -> dict:
     """Evaluate right after training with the same model/data configs (train.py evaluate_after=true)."""
-    cfg = OmegaConf.merge(train_cfg, {"ckpt_path": ckpt_path, "results_dir": str(Path(train_cfg.paths.output_dir) / "results"),
-                                      "score_only": False, "device": "auto", "max_videos": None, "baseline": True,
-                                      "split": train_cfg.data.get("split", "val"),
-                                      "session": {"long_term_gap": None, "max_long_edge": 1040, "max_short_edge": None,
-                                                  "flip": False, "amp": None}})
+    session = {"long_term_gap": None, "max_long_edge": 1040, "max_short_edge": None, "flip": False, "amp": None}
+    cfg = OmegaConf.merge({"session": session}, train_cfg,
+                          {"ckpt_path": ckpt_path, "results_dir": str(Path(train_cfg.paths.output_dir) / "results"),
+                           "score_only": False, "device": "auto", "max_videos": None, "baseline": True,
+                           "split": train_cfg.data.get("split", "val")})
     return evaluate(cfg)

@@ -147,7 +147,8 @@ class PaddedWindowAttention(ShiftedWindowAttention):
             idx = torch.arange(n, device=device)
             return (idx >= n - window).long() + (idx >= n - shift).long()
         region = (bands(hp)[:, None] * 3 + bands(wp)[None, :])
-        region = region.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1, window * window)
+        region = region.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3)
+        region = region.reshape(-1, window * window)
         differs = region[:, :, None] != region[:, None, :]
         return differs.float() * -100.0
 

@@ -1,0 +1,51 @@
+"""A script-facing API in the spirit of SAM2's video predictor: load a model, give masks, iterate masks.
+
+    predictor = VideoPredictor.from_checkpoint("last.ckpt", model="mavos_mbv2")
+    for index, mask in predictor.propagate(frames, {0: first_mask}):
+        ...
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from mavos.checkpoints.loading import load_network_weights
+from mavos.inference.session import InferenceSession
+from mavos.model.vos import VOSNetwork, build_vos_network
+
+# Hydra model config name -> (backbone, memory) for build_vos_network.
+MODELS = {"mavos_mbv2": ("mobilenetv2", "mca"), "mavos_r50": ("resnet50", "mca"),
+          "deaot_mbv2": ("mobilenetv2", "bank"), "deaot_r50": ("resnet50", "bank")}
+
+
+class VideoPredictor:
+    def __init__(self, net: VOSNetwork, device: torch.device | str | None = None, **session_kwargs):
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.net = net.to(self.device).eval()
+        self.session_kwargs = session_kwargs
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_path: str, model: str = "mavos_mbv2", device=None, **session_kwargs) -> "VideoPredictor":
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; choose from {sorted(MODELS)}")
+        backbone, memory = MODELS[model]
+        net = build_vos_network(backbone, memory)
+        load_network_weights(net, ckpt_path)
+        return cls(net, device, **session_kwargs)
+
+    def propagate(self, frames: Iterable[np.ndarray], masks: dict[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (frame index, (H, W) uint8 object ids) for every frame from the first given mask on.
+
+        masks: frame index -> (H, W) ids; the first is the starting mask, later ones add new objects.
+        """
+        if not masks:
+            raise ValueError("give at least one mask: {frame_index: mask}")
+        start = min(masks)
+        session = InferenceSession(self.net, device=self.device, **self.session_kwargs)
+        for i, frame in enumerate(frames):
+            if i < start:
+                continue
+            probs = session.add_objects(frame, masks[i]) if i == start else session.step(frame, masks.get(i))
+            yield i, probs.argmax(0).to(torch.uint8).cpu().numpy()

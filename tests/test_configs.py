@@ -1,0 +1,86 @@
+"""Every config composes, and everything it names instantiates (without touching data on disk)."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import hydra
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+REQUIRED = {"video": ["data.video=v.mp4", "data.mask=m.png"]}
+
+
+def compose_train(overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=["paths.root_dir=/tmp/mavos-test", "paths.output_dir=/tmp/mavos-test/out", "paths.work_dir=/tmp/mavos-test",
+                                           *overrides])
+
+
+@pytest.mark.parametrize("model,memory,data", list(itertools.product(options("model"), options("memory"), options("data"))))
+def test_model_memory_data_combinations_compose(model, memory, data):
+    cfg = compose_train([f"model={model}", f"memory={memory}", f"data={data}", *REQUIRED.get(data, [])])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["model"]["net"]["memory"]["_target_"].endswith({"mca": "MCAMemory", "bank": "BankMemory",
+                                                                     "fifo": "FIFOMemory"}[memory])
+    assert resolved["data"]["name"]
+    assert resolved["data"]["protocol"] in ("davis", "ltv", "lvos", "none")
+
+
+@pytest.mark.parametrize("group", ["trainer", "logger", "callbacks", "experiment", "debug", "hparams_search", "backbone"])
+def test_every_option_of_other_groups_composes(group):
+    for option in options(group):
+        overrides = [f"{group}={option}"]
+        if group == "experiment" and option == "pre_ytb_dav":
+            overrides.append("trainer.devices=1")
+        cfg = compose_train(overrides)
+        OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_model_picks_its_backbone_and_memory():
+    cfg = compose_train(["model=deaot_r50"])
+    assert cfg.model.net.encoder._target_.endswith("ResNet50Encoder")
+    assert cfg.model.net.memory._target_.endswith("BankMemory")
+    assert cfg.model.net.memory.test_gap == 5
+    cfg = compose_train(["model=mavos_mbv2"])
+    assert cfg.model.net.memory.test_gap == 10 and cfg.model.net.memory.value_layout == "released"
+
+
+@pytest.mark.parametrize("model,params", [("mavos_mbv2", 34_429_833), ("deaot_mbv2", 13_167_342),
+                                          ("mavos_r50", 41_077_385)])
+def test_model_configs_instantiate_the_official_sizes(model, params):
+    cfg = compose_train([f"model={model}"])
+    module = hydra.utils.instantiate(cfg.model)
+    assert sum(p.numel() for p in module.net.parameters()) == params
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_data_configs_instantiate(data):
+    cfg = compose_train([f"data={data}", *REQUIRED.get(data, [])])
+    dm = hydra.utils.instantiate(cfg.data.module)
+    assert hasattr(dm, "val_videos")
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_trainer_configs_instantiate(trainer):
+    if trainer in ("gpu", "ddp"):
+        pytest.skip("needs a GPU")
+    cfg = compose_train([f"trainer={trainer}"])
+    t = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert t.max_steps == cfg.trainer.max_steps
+
+
+def test_eval_config_composes_with_every_data():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for data in options("data"):
+            cfg = compose("eval", overrides=[f"data={data}", "paths.root_dir=/tmp/x", "paths.output_dir=/tmp/x/o", "paths.work_dir=/tmp/x",
+                                             *REQUIRED.get(data, [])])
+            OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,119 @@
+"""train.py and evaluate.py end to end on a tiny embedded benchmark, as a user runs them."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mavos.data.io import read_mask
+from tests.conftest import TINY_SYNTHETIC, run_script
+
+pytestmark = pytest.mark.slow
+
+SMALL_CLIPS = ["data.module.clip.crop_size=[65,65]", "data.module.clip.short_edge=80", "data.module.clip.clip_len=4",
+               "data.module.batch_size=2", "data.module.num_workers=0"]
+
+
+def _ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_root: Path) -> Path:
+    """Two real training steps with the default W&B logger (offline); returns the last checkpoint."""
+    _ok(run_script("train.py", *TINY_SYNTHETIC, *SMALL_CLIPS, "trainer.max_steps=2",
+                   "callbacks.model_checkpoint.every_n_train_steps=1", "hydra.run.dir=logs/train/tiny", cwd=tiny_root))
+    ckpt = tiny_root / "logs/train/tiny/checkpoints/last.ckpt"
+    assert ckpt.is_file()
+    return ckpt
+
+
+def test_training_writes_checkpoint_and_offline_wandb_run(trained: Path, tiny_root: Path):
+    run_dir = tiny_root / "logs/train/tiny"
+    assert list((run_dir / "wandb").glob("offline-run-*")), "W&B should log offline without an account"
+    assert (tiny_root / "data/synthetic_davis/ImageSets/2017/val.txt").is_file()
+    import torch
+
+    state = torch.load(trained, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+    assert any(k.startswith("net.memory.fusers.") for k in state["state_dict"])
+
+
+def test_fast_dev_run_csv_logger(tiny_root: Path):
+    proc = _ok(run_script("train.py", *TINY_SYNTHETIC, *SMALL_CLIPS, "trainer.fast_dev_run=true", "logger=csv",
+                          "hydra.run.dir=logs/train/fdr", cwd=tiny_root))
+    assert "Trainer.fit" in proc.stdout + proc.stderr
+
+
+def test_multirun_sweeps_memory_policies(tiny_root: Path):
+    proc = _ok(run_script("train.py", "-m", "model=mavos_mbv2", "memory=mca,bank", "trainer.fast_dev_run=true",
+                          "logger=none", *TINY_SYNTHETIC, *SMALL_CLIPS, "hydra.sweep.dir=logs/train/sweep", cwd=tiny_root))
+    out = proc.stdout + proc.stderr
+    assert "MCAMemory" in out and "BankMemory" in out
+    assert (tiny_root / "logs/train/sweep/0").is_dir() and (tiny_root / "logs/train/sweep/1").is_dir()
+
+
+def test_evaluate_writes_davis_results_and_beats_nothing_silently(trained: Path, tiny_root: Path):
+    results = tiny_root / "results"
+    proc = _ok(run_script("evaluate.py", f"ckpt_path={trained}", f"results_dir={results}", *TINY_SYNTHETIC,
+                          "hydra.run.dir=logs/eval/tiny", cwd=tiny_root))
+    out = proc.stdout
+    assert "copy first-frame mask" in out and "mca model" in out and "FPS" in out
+    root = tiny_root / "data/synthetic_davis"
+    for video in (root / "ImageSets/2017/val.txt").read_text().split():
+        frames = sorted(p.stem for p in (root / "JPEGImages/480p" / video).glob("*.jpg"))
+        written = sorted(p.stem for p in (results / video).glob("*.png"))
+        assert written == frames
+        gt = read_mask(root / "Annotations/480p" / video / f"{frames[1]}.png")
+        assert read_mask(results / video / f"{frames[1]}.png").shape == gt.shape
+    with open(results / "global_results-val.csv") as f:
+        header = next(csv.reader(f))
+    assert header == ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
+    with open(results / "speed-val.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(float(r["FPS"]) > 0 for r in rows)
+
+
+def test_score_only_on_ground_truth_gives_perfect_scores(tiny_root: Path, trained: Path):
+    root = tiny_root / "data/synthetic_davis"
+    results = tiny_root / "gt_as_results"
+    shutil.copytree(root / "Annotations/480p", results)
+    _ok(run_script("evaluate.py", "score_only=true", f"results_dir={results}", "data=davis2017", f"data.root={root}",
+                   "data.split=val", "baseline=false", "hydra.run.dir=logs/eval/score", cwd=tiny_root))
+    with open(results / "global_results-val.csv") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["J&F-Mean"]) == pytest.approx(1.0)
+    assert float(row["J-Mean"]) == pytest.approx(1.0) and float(row["F-Mean"]) == pytest.approx(1.0)
+
+
+def test_checkpoint_of_another_model_is_refused_with_the_file_named(trained: Path, tiny_root: Path):
+    proc = run_script("evaluate.py", f"ckpt_path={trained}", "model=deaot_mbv2", *TINY_SYNTHETIC,
+                      "hydra.run.dir=logs/eval/bad", cwd=tiny_root)
+    assert proc.returncode != 0
+    assert str(trained) in proc.stderr and "does not fit the model" in proc.stderr
+
+
+def test_missing_dataset_names_the_folder(tiny_root: Path, trained: Path):
+    missing = tiny_root / "no_davis_here"
+    proc = run_script("evaluate.py", f"ckpt_path={trained}", "data=davis2017", f"data.root={missing}",
+                      "hydra.run.dir=logs/eval/missing", cwd=tiny_root)
+    assert proc.returncode != 0
+    assert str(missing) in proc.stderr
+
+
+def test_result_of_wrong_size_is_refused_with_the_file_named(tiny_root: Path, trained: Path):
+    root = tiny_root / "data/synthetic_davis"
+    results = tiny_root / "bad_results"
+    shutil.copytree(root / "Annotations/480p", results)
+    first_val = (root / "ImageSets/2017/val.txt").read_text().split()[0]
+    victim = sorted((results / first_val).glob("*.png"))[2]  # a scored frame (not the first or last)
+    from mavos.data.io import write_mask
+
+    write_mask(victim, np.zeros((10, 10), dtype=np.uint8))
+    proc = run_script("evaluate.py", "score_only=true", f"results_dir={results}", "data=davis2017", f"data.root={root}",
+                      "data.split=val", "hydra.run.dir=logs/eval/badsize", cwd=tiny_root)
+    assert proc.returncode != 0 and victim.name in proc.stderr
