@@ -117,3 +117,60 @@ def test_result_of_wrong_size_is_refused_with_the_file_named(tiny_root: Path, tr
     proc = run_script("evaluate.py", "score_only=true", f"results_dir={results}", "data=davis2017", f"data.root={root}",
                       "data.split=val", "hydra.run.dir=logs/eval/badsize", cwd=tiny_root)
     assert proc.returncode != 0 and victim.name in proc.stderr
+
+
+def test_converted_official_checkpoint_evaluates_and_fine_tunes(tiny_root: Path, trained: Path):
+    """An official-format checkpoint -> `python -m mavos.checkpoints convert` -> evaluate.py and train.py init_from."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from tests.test_checkpoints import fake_official_state
+
+    official = tiny_root / "official_mavos.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in fake_official_state("mavos_mbv2").items()}}, official)
+    converted = tiny_root / "converted.ckpt"
+    proc = subprocess.run([sys.executable, "-m", "mavos.checkpoints", "convert", str(official), str(converted),
+                           "model=mavos_mbv2"], capture_output=True, text=True, cwd=tiny_root,
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 0, proc.stderr
+    _ok(run_script("evaluate.py", f"ckpt_path={converted}", *TINY_SYNTHETIC, "max_videos=1", "baseline=false",
+                   f"results_dir={tiny_root / 'converted_results'}", "hydra.run.dir=logs/eval/converted", cwd=tiny_root))
+    assert (tiny_root / "converted_results/global_results-val.csv").is_file()
+    _ok(run_script("train.py", *TINY_SYNTHETIC, *SMALL_CLIPS, f"init_from={converted}", "trainer.max_steps=1",
+                   "logger=csv", "hydra.run.dir=logs/train/finetune", cwd=tiny_root))
+    assert (tiny_root / "logs/train/finetune/checkpoints/last.ckpt").is_file()
+
+
+def test_evaluation_shards_videos_over_two_processes(tiny_root: Path, trained: Path):
+    """torchrun with 2 CPU processes (gloo): each video is run and scored exactly once, results match 1 process."""
+    import socket
+    import subprocess
+    import sys
+
+    single, double = tiny_root / "single_proc", tiny_root / "two_procs"
+    _ok(run_script("evaluate.py", f"ckpt_path={trained}", f"results_dir={single}", *TINY_SYNTHETIC, "baseline=false",
+                   "hydra.run.dir=logs/eval/single", cwd=tiny_root))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**__import__("os").environ, "PROJECT_ROOT": str(tiny_root), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                           f"--master_port={port}", str(root / "evaluate.py"), f"ckpt_path={trained}",
+                           f"results_dir={double}", *TINY_SYNTHETIC, "baseline=false", "hydra.run.dir=logs/eval/ddp"],
+                          cwd=tiny_root, env=env, capture_output=True, text=True, timeout=600)
+    _ok(proc)
+
+    def rows(d):
+        with open(d / "per-sequence_results-val.csv") as f:
+            return {r["Sequence"]: (float(r["J-Mean"]), float(r["F-Mean"])) for r in csv.DictReader(f)}
+
+    one, two = rows(single), rows(double)
+    assert sorted(one) == sorted(two) and len(two) == len(set(two))
+    for key in one:
+        assert one[key] == pytest.approx(two[key], abs=1e-3)
+    with open(double / "speed-val.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import warnings
 import zipfile
 import logging
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import hydra
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from mavos.checkpoints.loading import load_network_weights
@@ -25,8 +27,28 @@ PROTOCOLS = ("davis", "ltv", "lvos", "none")
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
     return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1) join the process group: nccl on GPU, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_lists(items: list, world: int) -> list:
+    if world == 1:
+        return items
+    out = [None] * world
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
 
 
 def write_speed_csv(path: Path, speeds: list[VideoSpeed]) -> None:
@@ -102,11 +124,19 @@ def build_network(cfg: DictConfig, device: torch.device):
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     warnings.filterwarnings("ignore", message=".*compute.*called before.*update", category=UserWarning)
     device = pick_device(cfg.device)
+    rank, world = init_distributed(device)
     datamodule = hydra.utils.instantiate(cfg.data.module)
-    datamodule.prepare_data()
+    if rank == 0:
+        datamodule.prepare_data()
+    if world > 1:
+        dist.barrier()
     records = datamodule.val_videos()
     if cfg.get("max_videos"):
         records = records[: int(cfg.max_videos)]
+    all_records = records
+    # Shard videos across ranks without padding: every video is run and scored exactly once; the J&F
+    # metric gathers its per-object states across ranks (torchmetrics, dist_reduce_fx="cat").
+    records = records[rank::world]
     results_dir = Path(cfg.results_dir)
     protocol = cfg.data.get("protocol", "davis")
     if protocol not in PROTOCOLS:
@@ -136,31 +166,41 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
                      speeds[-1].peak_memory_mb)
         if streamed:
             summary[type(net.memory).__name__.replace("Memory", "").lower() + " model"] = metric.compute()
-        write_speed_csv(results_dir / f"speed-{split}.csv", speeds)
-        if cfg.data.name == "ytvos":
-            write_submission_zip(results_dir, records, results_dir / "submission.zip")
+        speeds = gather_lists(speeds, world)
+        if world > 1:
+            dist.barrier()  # every rank's PNGs are written
+        if rank == 0:
+            write_speed_csv(results_dir / f"speed-{split}.csv", speeds)
+            if cfg.data.name == "ytvos":
+                write_submission_zip(results_dir, all_records, results_dir / "submission.zip")
         if cfg.data.name == "video":
             for record in records:
                 write_overlay_for(record, results_dir)
     if streamed:
-        write_davis_csvs(results_dir, split, metric.compute(), metric.per_object_rows())
-    elif protocol == "lvos":
+        global_row, rows = metric.compute(), metric.per_object_rows()
+        if rank == 0:
+            write_davis_csvs(results_dir, split, global_row, rows)
+    elif protocol == "lvos" and rank == 0:
         summary["lvos"] = score_lvos_results(cfg, results_dir, split)
     if cfg.get("baseline", False) and streamed:
         base = JFMetric()
         for record in records:
             score_copy_baseline(record, base, exclude_last)
         summary["copy first-frame mask"] = base.compute()
-    text = format_summary(summary, speeds, device)
-    print(text)
-    atomic_save(lambda tmp: Path(tmp).write_text(text + "\n"), results_dir / f"summary-{split}.txt")
+    if rank == 0:
+        text = format_summary(summary, speeds, device)
+        print(text)
+        atomic_save(lambda tmp: Path(tmp).write_text(text + "\n"), results_dir / f"summary-{split}.txt")
+    if world > 1:
+        dist.barrier()
     return summary
 
 
 def evaluate_from_training(train_cfg: DictConfig, ckpt_path: str) -> dict:
     """Evaluate right after training with the same model/data configs (train.py evaluate_after=true)."""
     session = {"long_term_gap": None, "max_long_edge": 1040, "max_short_edge": None, "flip": False, "amp": None}
-    cfg = OmegaConf.merge({"session": session}, train_cfg,
+    base = OmegaConf.create(OmegaConf.to_container(train_cfg, resolve=True))  # drop struct mode
+    cfg = OmegaConf.merge({"session": session}, base,
                           {"ckpt_path": ckpt_path, "results_dir": str(Path(train_cfg.paths.output_dir) / "results"),
                            "score_only": False, "device": "auto", "max_videos": None, "baseline": True,
                            "split": train_cfg.data.get("split", "val")})

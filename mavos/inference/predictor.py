@@ -13,11 +13,8 @@ import torch
 
 from mavos.checkpoints.loading import load_network_weights
 from mavos.inference.session import InferenceSession
+from mavos.checkpoints.convert import OFFICIAL_MODELS as MODELS
 from mavos.model.vos import VOSNetwork, build_vos_network
-
-# Hydra model config name -> (backbone, memory) for build_vos_network.
-MODELS = {"mavos_mbv2": ("mobilenetv2", "mca"), "mavos_r50": ("resnet50", "mca"),
-          "deaot_mbv2": ("mobilenetv2", "bank"), "deaot_r50": ("resnet50", "bank")}
 
 
 class VideoPredictor:

@@ -1,0 +1,92 @@
+"""InferenceSession: resolution rule, object groups beyond the ID bank, new objects mid-video, flip TTA."""
+import numpy as np
+import pytest
+import torch
+
+from mavos.inference.session import InferenceSession, inference_size, soft_aggregate
+from mavos.model import build_vos_network
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return build_vos_network("mobilenetv2", "mca").eval()
+
+
+def frames(n, h=40, w=56, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_inference_size_rule():
+    assert inference_size(480, 854) == (481, 849)          # 479/16 -> 30 ; 853/16 -> 53.3 -> 53
+    h, w = inference_size(1080, 1920, max_long_edge=1040)
+    assert (h - 1) % 16 == 0 and (w - 1) % 16 == 0 and abs(w - 1040) <= 8
+    assert inference_size(480, 854, max_short_edge=161) == (161, 289)
+    assert inference_size(480, 854, multiple=(16, 0)) == (480, 848)
+
+
+def test_soft_aggregation_of_two_groups():
+    # group A holds object 1 strongly at pixel 0; group B holds its object (global id 2) at pixel 1
+    a = torch.tensor([[0.0, 5.0], [5.0, 0.0]]).T.reshape(1, 2, 1, 2)   # (1, 1+1, 1, 2): bg, obj
+    b = torch.tensor([[5.0, 0.0], [0.0, 5.0]]).T.reshape(1, 2, 1, 2)
+    merged = soft_aggregate([a, b], [1, 1])
+    assert merged.shape == (1, 3, 1, 2)
+    assert merged.argmax(1).flatten().tolist() == [1, 2]
+    pa, pb = torch.softmax(a, 1), torch.softmax(b, 1)
+    expected_bg = (pa[:, 0] * pb[:, 0]).clamp(1e-5, 1 - 1e-5)
+    assert torch.allclose(torch.sigmoid(merged[:, 0]), expected_bg, atol=1e-6)
+
+
+def test_more_objects_than_id_bank_run_in_groups(net):
+    vid = frames(3)
+    mask = np.zeros((40, 56), dtype=np.int64)
+    for k in range(12):  # 12 objects > 10 identities
+        mask[(k // 6) * 20:(k // 6) * 20 + 18, (k % 6) * 9:(k % 6) * 9 + 8] = k + 1
+    session = InferenceSession(net, long_term_gap=1)
+    first = session.add_objects(vid[0], mask)
+    assert first.shape == (13, 40, 56)
+    assert np.array_equal(first.argmax(0).numpy(), mask)
+    assert len(session.views[0]) == 2 and [t.num_objects for t in session.views[0]] == [[10], [2]]
+    probs = session.step(vid[1])
+    assert probs.shape == (13, 40, 56)
+    assert torch.allclose(probs.sum(0), torch.ones(40, 56), atol=1e-4)
+
+
+def test_object_appearing_mid_video(net):
+    vid = frames(4)
+    first = np.zeros((40, 56), dtype=np.int64)
+    first[5:15, 5:15] = 1
+    session = InferenceSession(net)
+    session.add_objects(vid[0], first)
+    assert session.step(vid[1]).shape[0] == 2
+    new = np.zeros_like(first)
+    new[25:35, 30:45] = 2
+    probs = session.step(vid[2], new)
+    label = probs.argmax(0).numpy()
+    assert probs.shape[0] == 3 and np.all(label[new == 2] == 2)
+    assert session.step(vid[3]).shape[0] == 3
+
+
+def test_flip_averages_the_mirrored_prediction(net):
+    vid = frames(2, seed=3)
+    mask = np.zeros((40, 56), dtype=np.int64)
+    mask[10:30, 5:25] = 1
+    plain, mirrored, both = InferenceSession(net), InferenceSession(net), InferenceSession(net, flip=True)
+    plain.add_objects(vid[0], mask)
+    mirrored.add_objects(vid[0][:, ::-1].copy(), mask[:, ::-1].copy())
+    both.add_objects(vid[0], mask)
+    p = plain.step(vid[1])
+    m = mirrored.step(vid[1][:, ::-1].copy()).flip(-1)
+    assert torch.allclose(both.step(vid[1]), (p + m) / 2, atol=1e-5)
+
+
+def test_inputs_of_the_wrong_size_are_rejected(net):
+    vid = frames(2)
+    session = InferenceSession(net)
+    with pytest.raises(ValueError, match="mask is"):
+        session.add_objects(vid[0], np.ones((10, 10), dtype=np.int64))
+    session = InferenceSession(net)
+    session.add_objects(vid[0], np.pad(np.ones((10, 10), dtype=np.int64), ((0, 30), (0, 46))))
+    with pytest.raises(ValueError, match="but the video is"):
+        session.step(frames(1, h=30, w=30)[0])
