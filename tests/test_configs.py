@@ -57,9 +57,17 @@ def test_model_picks_its_backbone_and_memory():
 @pytest.mark.parametrize("model,params", [("mavos_mbv2", 34_429_833), ("deaot_mbv2", 13_167_342),
                                           ("mavos_r50", 41_077_385)])
 def test_model_configs_instantiate_the_official_sizes(model, params):
-    cfg = compose_train([f"model={model}"])
+    # a real-data stage: frozen BatchNorm (the embedded benchmark trains BN from scratch, adding its affine params)
+    cfg = compose_train([f"model={model}", "data=davis2017"])
     module = hydra.utils.instantiate(cfg.model)
     assert sum(p.numel() for p in module.net.parameters()) == params
+
+
+def test_embedded_benchmark_trains_batchnorm_from_scratch():
+    cfg = compose_train([])
+    assert cfg.model.net.encoder.frozen_bn is False and cfg.model.net.encoder.freeze_at == 0
+    net = hydra.utils.instantiate(cfg.model).net
+    assert any(isinstance(m, __import__("torch").nn.BatchNorm2d) for m in net.encoder.modules())
 
 
 @pytest.mark.parametrize("data", options("data"))

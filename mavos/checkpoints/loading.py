@@ -32,6 +32,13 @@ def load_network_weights(net: nn.Module, path: str | Path) -> None:
     """Load weights strictly; a mismatch lists missing / unexpected / wrong-shape keys and the file."""
     state = read_network_state(path)
     own = net.state_dict()
+    # BatchNorm's step counter is the one difference between a trainable-BN and a frozen-BN encoder; it
+    # plays no part in the forward pass, so checkpoints move freely between the two.
+    counter = "num_batches_tracked"
+    state = {k: v for k, v in state.items() if not k.endswith(counter) or k in own}
+    for k in own:
+        if k.endswith(counter) and k not in state:
+            state[k] = own[k]
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
