@@ -174,3 +174,30 @@ def test_evaluation_shards_videos_over_two_processes(tiny_root: Path, trained: P
         assert one[key] == pytest.approx(two[key], abs=1e-3)
     with open(double / "speed-val.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
+
+
+def test_user_video_writes_masks_and_an_overlay(tiny_root: Path, trained: Path):
+    import cv2
+
+    from mavos.data.io import write_mask
+    from mavos.data.video_file import read_video_frames
+
+    video = tiny_root / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
+    for t in range(8):
+        frame = np.full((48, 64, 3), 40, dtype=np.uint8)
+        cv2.rectangle(frame, (5 + 3 * t, 10), (20 + 3 * t, 30), (0, 200, 255), -1)
+        writer.write(frame)
+    writer.release()
+    mask = np.zeros((48, 64), dtype=np.uint8)
+    mask[10:31, 5:21] = 1
+    write_mask(tiny_root / "clip_mask.png", mask)
+    results = tiny_root / "video_results"
+    _ok(run_script("evaluate.py", f"ckpt_path={trained}", "data=video", f"data.video={video}",
+                   f"data.mask={tiny_root / 'clip_mask.png'}", f"results_dir={results}",
+                   "hydra.run.dir=logs/eval/video", cwd=tiny_root))
+    pngs = sorted(results.glob("*/*.png"))
+    assert len(pngs) == 8 and read_mask(pngs[0]).shape == (48, 64)
+    overlays = list(results.glob("*_overlay.mp4"))
+    assert len(overlays) == 1
+    assert len(list(read_video_frames(overlays[0]))) == 8

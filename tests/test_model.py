@@ -181,3 +181,26 @@ def test_gradients_reach_memory_fusers_in_training():
     assert preds.shape == (1, 6, 33, 33)
     grads = [p.grad for p in module.net.memory.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_missing_imagenet_weights_name_the_file_and_the_source(tmp_path):
+    from mavos.model.backbone import MobileNetV2Encoder
+
+    missing = tmp_path / "mobilenet_v2-b0353104.pth"
+    with pytest.raises(FileNotFoundError) as err:
+        MobileNetV2Encoder(weights=str(missing))
+    assert str(missing) in str(err.value) and "download.pytorch.org" in str(err.value)
+
+
+def test_imagenet_weights_load_from_a_local_torchvision_file(tmp_path):
+    from torchvision.models import mobilenet_v2
+
+    from mavos.model.backbone import MobileNetV2Encoder
+
+    torch.manual_seed(1)
+    reference = mobilenet_v2(weights=None)
+    path = tmp_path / "mbv2.pth"
+    torch.save(reference.state_dict(), path)
+    enc = MobileNetV2Encoder(weights=str(path))
+    assert torch.equal(enc.features[5].conv[1][0].weight, reference.features[5].conv[1][0].weight)
+    assert torch.equal(enc.features[5].conv[1][1].running_var, reference.features[5].conv[1][1].running_var)

@@ -91,3 +91,35 @@ def test_inputs_of_the_wrong_size_are_rejected(net):
     session.add_objects(vid[0], np.pad(np.ones((10, 10), dtype=np.int64), ((0, 30), (0, 46))))
     with pytest.raises(ValueError, match="but the video is"):
         session.step(frames(1, h=30, w=30)[0])
+
+
+def test_autocast_path_runs_and_stays_close_to_float32(net):
+    """AMP (bf16 autocast) on the CPU exercises the same code path a GPU run takes."""
+    vid = frames(2, h=33, w=49, seed=5)
+    mask = np.zeros((33, 49), dtype=np.int64)
+    mask[8:24, 8:30] = 1
+    exact, amp = InferenceSession(net), InferenceSession(net, amp="bf16")
+    exact.add_objects(vid[0], mask)
+    amp.add_objects(vid[0], mask)
+    p32, p16 = exact.step(vid[1]), amp.step(vid[1])
+    assert p16.dtype == torch.float32 and p16.shape == p32.shape
+    assert (p16 - p32).abs().max() < 0.1
+    with pytest.raises(ValueError, match="amp must be"):
+        InferenceSession(net, amp="int8")
+
+
+def test_video_predictor_from_checkpoint(tmp_path, net):
+    from mavos.inference.predictor import VideoPredictor
+
+    ckpt = tmp_path / "net.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, ckpt)
+    predictor = VideoPredictor.from_checkpoint(str(ckpt), model="mavos_mbv2", device="cpu")
+    vid = frames(4, h=33, w=49)
+    first = np.zeros((33, 49), dtype=np.int64)
+    first[5:15, 5:15] = 1
+    new = np.zeros_like(first)
+    new[20:30, 30:45] = 2
+    out = list(predictor.propagate(vid, {1: first, 2: new}))
+    assert [i for i, _ in out] == [1, 2, 3]
+    assert np.array_equal(out[0][1], first)
+    assert np.all(out[1][1][new == 2] == 2) and out[2][1].dtype == np.uint8

@@ -171,7 +171,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
             dist.barrier()  # every rank's PNGs are written
         if rank == 0:
             write_speed_csv(results_dir / f"speed-{split}.csv", speeds)
-            if cfg.data.name == "ytvos":
+            if cfg.data.name in ("ytvos", "lvos"):
                 write_submission_zip(results_dir, all_records, results_dir / "submission.zip")
         if cfg.data.name == "video":
             for record in records:
