@@ -201,3 +201,13 @@ def test_user_video_writes_masks_and_an_overlay(tiny_root: Path, trained: Path):
     overlays = list(results.glob("*_overlay.mp4"))
     assert len(overlays) == 1
     assert len(list(read_video_frames(overlays[0]))) == 8
+
+
+def test_ddp_training_with_two_cpu_processes(tiny_root: Path):
+    """trainer=ddp_sim: Lightning DDP (gloo, 2 processes) through the same configs a multi-GPU run uses."""
+    _ok(run_script("train.py", "trainer=ddp_sim", "trainer.max_steps=2", "logger=csv", *TINY_SYNTHETIC, *SMALL_CLIPS,
+                   "hydra.run.dir=logs/train/ddp", cwd=tiny_root))
+    import torch
+
+    state = torch.load(tiny_root / "logs/train/ddp/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
