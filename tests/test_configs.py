@@ -92,3 +92,14 @@ def test_eval_config_composes_with_every_data():
             cfg = compose("eval", overrides=[f"data={data}", "paths.root_dir=/tmp/x", "paths.output_dir=/tmp/x/o", "paths.work_dir=/tmp/x",
                                              *REQUIRED.get(data, [])])
             OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("callbacks", options("callbacks"))
+def test_callback_configs_instantiate(callbacks):
+    from mavos.training.run import instantiate_group
+
+    cfg = compose_train([f"callbacks={callbacks}"])
+    made = instantiate_group(cfg.get("callbacks"))
+    assert len(made) == len([c for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c])
+    if callbacks == "ema":
+        assert any(type(c).__name__ == "EMAWeightAveraging" for c in made)
