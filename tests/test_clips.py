@@ -6,7 +6,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 import torch
 
 from mavos.data.clips import ClipConfig, VideoTrainSet, sample_clip_positions

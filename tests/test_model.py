@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mavos.inference.tracker import ObjectTracker, one_hot_mask
 from mavos.model import build_vos_network

@@ -102,3 +102,17 @@ def missing_root(dataset: str, root: Path, tree: str, default: str) -> DatasetEr
         f"{root}: {dataset} not found. Put the dataset there (default location: {default}, see data/README.md) "
         f"or point the config at it with data.root=/path/to/it. Expected layout:\n{tree}"
     )
+
+
+def first_appearances(annotations: dict[int, Path]) -> dict[int, int]:
+    """Object id -> first annotated frame whose mask holds it, reading masks in temporal order (255 = void)."""
+    import numpy as np
+
+    from mavos.data.io import read_mask
+
+    first: dict[int, int] = {}
+    for index in sorted(annotations):
+        for obj_id in np.unique(read_mask(annotations[index])):
+            if 0 < obj_id < 255 and int(obj_id) not in first:
+                first[int(obj_id)] = index
+    return first

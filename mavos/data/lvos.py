@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
-from mavos.data.io import read_mask
 from mavos.data.listing import (
+    first_appearances,
     FRAME_EXTENSIONS,
     MASK_EXTENSIONS,
     index_by_stem,
@@ -122,7 +121,7 @@ class LVOSReader:
         if not self.first_appearance_only and frame_ranges:
             first = _first_frames_from_ranges(frame_ranges, names, meta_path, vid)
         else:
-            first = _first_frames_from_masks(annotations)
+            first = first_appearances(annotations)
         if not first:
             raise DatasetError(f"{ann_dir}: the annotations of video '{vid}' hold no object")
         start = min(first.values())
@@ -190,11 +189,3 @@ def _first_frames_from_ranges(
     return first
 
 
-def _first_frames_from_masks(annotations: dict[int, Path]) -> dict[int, int]:
-    """Object id -> first annotated frame holding it, reading the masks in temporal order (255 = void)."""
-    first: dict[int, int] = {}
-    for index in sorted(annotations):
-        for obj_id in np.unique(read_mask(annotations[index])):
-            if 0 < obj_id < 255 and int(obj_id) not in first:
-                first[int(obj_id)] = index
-    return first

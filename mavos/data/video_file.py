@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mavos.data.io import atomic_save, read_mask, write_frame
+from mavos.data.io import atomic_save, write_frame
 from mavos.data.listing import (
+    first_appearances,
     FRAME_EXTENSIONS,
     MASK_EXTENSIONS,
     check_same_size,
@@ -97,14 +98,6 @@ def _pyav_frames(path: Path) -> Iterator[np.ndarray]:
     return frames()
 
 
-def _objects_in_order(annotations: dict[int, Path]) -> dict[int, int]:
-    """Object id -> first frame whose mask holds it (255 is void, not an object)."""
-    first: dict[int, int] = {}
-    for index in sorted(annotations):
-        for obj_id in np.unique(read_mask(annotations[index])):
-            if 0 < obj_id < 255 and int(obj_id) not in first:
-                first[int(obj_id)] = index
-    return first
 
 
 class VideoFileReader:
@@ -171,7 +164,7 @@ class VideoFileReader:
         frames = self.decode()
         check_same_size(self.mask_path, frames[0])
         annotations = {0: self.mask_path}
-        first = _objects_in_order(annotations)
+        first = first_appearances(annotations)
         if not first:
             raise DatasetError(f"{self.mask_path}: first-frame mask holds no object (all pixels are 0 or 255)")
         return [
@@ -210,7 +203,7 @@ class FrameFolderReader:
             raise DatasetError(f"{self.masks_dir}: no mask PNGs")
         for index, mask in annotations.items():
             check_same_size(mask, frames[index])
-        first = _objects_in_order(annotations)
+        first = first_appearances(annotations)
         if not first:
             raise DatasetError(f"{self.masks_dir}: the masks hold no object (all pixels are 0 or 255)")
         start = min(annotations)

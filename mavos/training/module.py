@@ -6,7 +6,6 @@ propagated from memory and supervised; its memory mask is the ground truth for t
 """
 from __future__ import annotations
 
-from functools import partial
 
 import lightning as L
 import torch
