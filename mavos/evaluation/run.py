@@ -69,9 +69,10 @@ def format_summary(rows: dict[str, dict[str, float]], speeds: list[VideoSpeed] |
         total_frames = sum(s.frames - 1 for s in speeds)
         total_time = sum(s.seconds for s in speeds)
         fps = total_frames / total_time if total_time > 0 else float("nan")
+        ms = 1000 * total_time / total_frames if total_frames else float("nan")
         peak = max(s.peak_memory_mb for s in speeds)
         kind = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS"
-        lines.append(f"speed: {fps:.2f} FPS over {total_frames} frames (frame 0 excluded) on {device}; "
+        lines.append(f"speed: {fps:.2f} FPS ({ms:.1f} ms/frame) over {total_frames} frames (frame 0 excluded) on {device}; "
                      f"peak memory {peak:.0f} MB ({kind})")
     return "\n".join(lines)
 
