@@ -16,7 +16,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-REQUIRED = {"video": ["data.video=v.mp4", "data.mask=m.png"]}
+REQUIRED = {"video": ["data.video=v.mp4", "data.mask=m.png"], "frames": ["data.frames=f", "data.masks=m"]}
 
 
 def compose_train(overrides):

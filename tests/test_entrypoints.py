@@ -211,3 +211,26 @@ def test_ddp_training_with_two_cpu_processes(tiny_root: Path):
 
     state = torch.load(tiny_root / "logs/train/ddp/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 2
+
+
+def test_frame_folder_with_a_later_object(tiny_root: Path, trained: Path):
+    from mavos.data.io import write_frame, write_mask
+
+    frames_dir, masks_dir = tiny_root / "myvid/frames", tiny_root / "myvid/masks"
+    for t in range(6):
+        frame = np.full((48, 64, 3), 60, dtype=np.uint8)
+        frame[10:25, 5 + 2 * t:20 + 2 * t] = (250, 200, 0)
+        write_frame(frames_dir / f"f{t:03d}.jpg", frame)
+    first = np.zeros((48, 64), dtype=np.uint8)
+    first[10:25, 5:20] = 1
+    write_mask(masks_dir / "f000.png", first)
+    later = np.zeros_like(first)
+    later[30:45, 40:60] = 2
+    write_mask(masks_dir / "f003.png", later)
+    results = tiny_root / "frames_results"
+    _ok(run_script("evaluate.py", f"ckpt_path={trained}", "data=frames", f"data.frames={frames_dir}",
+                   f"data.masks={masks_dir}", f"results_dir={results}", "hydra.run.dir=logs/eval/frames", cwd=tiny_root))
+    written = sorted(results.glob("*/*.png"))
+    assert [p.stem for p in written] == [f"f{t:03d}" for t in range(6)]
+    assert np.all(read_mask(written[3])[later == 2] == 2)
+    assert list(results.glob("*_overlay.mp4"))

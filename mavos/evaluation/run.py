@@ -174,7 +174,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
             write_speed_csv(results_dir / f"speed-{split}.csv", speeds)
             if cfg.data.name in ("ytvos", "lvos"):
                 write_submission_zip(results_dir, all_records, results_dir / "submission.zip")
-        if cfg.data.name == "video":
+        if cfg.data.name in ("video", "frames"):
             for record in records:
                 write_overlay_for(record, results_dir)
     if streamed:
