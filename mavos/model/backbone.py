@@ -29,7 +29,7 @@ def load_weight_file(path: str | Path, backbone: str) -> dict[str, torch.Tensor]
         raise FileNotFoundError(
             f"{path}: ImageNet weights for backbone '{backbone}' not found. Download "
             f"{WEIGHT_SOURCES.get(backbone, 'the backbone weights')} and place it there, or set "
-            f"model.encoder.weights=null to start from random initialisation.")
+            f"model.net.encoder.weights=null to start from random initialisation.")
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
