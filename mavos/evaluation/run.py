@@ -154,7 +154,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
         if not streamed:
             raise ValueError(f"score_only: {cfg.data.name} ({protocol}) has no local ground truth to score against")
         score_results_dir(records, results_dir, metric, exclude_last)
-        summary["results"] = metric.compute()
+        summary["results"] = None
     else:
         net = build_network(cfg, device)
         session_kwargs = OmegaConf.to_container(cfg.session, resolve=True)
@@ -166,7 +166,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
             log.info("%s: %d frames, %.2f FPS, peak %.0f MB", record.name, speeds[-1].frames, speeds[-1].fps,
                      speeds[-1].peak_memory_mb)
         if streamed:
-            summary[type(net.memory).__name__.replace("Memory", "").lower() + " model"] = metric.compute()
+            summary[type(net.memory).__name__.replace("Memory", "").lower() + " model"] = None
         speeds = gather_lists(speeds, world)
         if world > 1:
             dist.barrier()  # every rank's PNGs are written
@@ -178,7 +178,8 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
             for record in records:
                 write_overlay_for(record, results_dir)
     if streamed:
-        global_row, rows = metric.compute(), metric.per_object_rows()
+        global_row, rows = metric.compute(), metric.per_object_rows()  # one gather across ranks
+        summary = {k: (global_row if v is None else v) for k, v in summary.items()}
         if rank == 0:
             write_davis_csvs(results_dir, split, global_row, rows)
     elif protocol == "lvos" and rank == 0:

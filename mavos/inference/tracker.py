@@ -43,6 +43,7 @@ class ObjectTracker:
         self.pending: list[LayerMemory] | None = None  # memory of the last propagated frame, awaiting its mask
         self.frame_index = -1
         self.last_memory_frame = -1
+        self.size: tuple[int, int] | None = None  # token map size, fixed by the first reference frame
 
     @property
     def num_memory_slots(self) -> int:
@@ -68,6 +69,7 @@ class ObjectTracker:
         one_hot: (B, 1 + max_objects, H, W) at the network's input resolution. Returns stride-4 logits.
         """
         self.frame_index = self.frame_index + 1 if frame_index is None else frame_index
+        self.size = frame.size
         id_emb = self._identity(one_hot, frame.size)
         features, memory = self.net.propagate(frame, None, None, id_emb)
         if self.memory is None:
@@ -85,7 +87,6 @@ class ObjectTracker:
             raise RuntimeError("ObjectTracker.propagate called before any reference frame")
         self.frame_index += 1
         features, self.pending = self.net.propagate(frame, self.memory.readout, self.short_term)
-        self._pending_size = frame.size
         return self._finish_logits(features, frame)
 
     def memorize(self, one_hot: torch.Tensor, write_long_term: bool = True) -> None:
@@ -93,11 +94,11 @@ class ObjectTracker:
         it becomes the short-term memory, and enters long-term memory every ``long_term_gap`` frames."""
         if self.pending is None:
             raise RuntimeError("ObjectTracker.memorize needs a propagated frame")
-        id_emb = self._identity(one_hot, self._pending_size)
+        id_emb = self._identity(one_hot, self.size)
         fused = self.net.fuse_identity(self.pending, id_emb)
         self.short_term = fused
         self.pending = None
         if self.frame_index - self.last_memory_frame >= self.long_term_gap:
             if write_long_term:
-                self.memory = self.net.memory.write(self.memory, fused, self._pending_size)
+                self.memory = self.net.memory.write(self.memory, fused, self.size)
             self.last_memory_frame = self.frame_index
