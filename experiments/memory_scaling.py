@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mavos.inference.session import InferenceSession
-from mavos.model import build_vos_network
+from mavos.registry import build_network
 
 
 def memory_bytes(session: InferenceSession) -> int:
@@ -28,7 +28,7 @@ def memory_bytes(session: InferenceSession) -> int:
 
 def run(memory: str, frames: int, height: int, width: int, gap: int, device: torch.device) -> list[dict]:
     torch.manual_seed(0)
-    net = build_vos_network("mobilenetv2", memory).to(device).eval()
+    net = build_network("mavos_mbv2", [f"memory={memory}"]).to(device).eval()
     session = InferenceSession(net, long_term_gap=gap, device=device)
     gen = torch.Generator().manual_seed(0)
     mask = torch.zeros(height, width, dtype=torch.long)

@@ -1,7 +1,7 @@
 """Official checkpoint conversion: every key of the four released models lands in our network.
 
-Fake official checkpoints are built from the key lists in /work/shared/reference/checkpoint_keys
-(key, shape, dtype of the released files), filled with random tensors.
+Fake official checkpoints are built from the key lists in tests/data/checkpoint_keys (key, shape, dtype of
+the released files, copied from the official checkpoints' state dicts), filled with random tensors.
 """
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from mavos.checkpoints.__main__ import main as cli_main
-from mavos.checkpoints.convert import OFFICIAL_MODELS, convert_official_state_dict, fit_to_model, unwrap_state_dict
+from mavos.checkpoints.convert import convert_official_state_dict, fit_to_model, unwrap_state_dict
 from mavos.checkpoints.loading import load_network_weights
-from mavos.model import build_vos_network
+from mavos.registry import build_network
 from mavos.model.backbone import SwinBEncoder
 
-KEY_LISTS = Path("/work/shared/reference/checkpoint_keys")
+KEY_LISTS = Path(__file__).resolve().parent / "data" / "checkpoint_keys"
 # Parameter counts of the official models (reference/MAVOS.md, counted on the official code).
 OFFICIAL_PARAMS = {"mavos_mbv2": 34_429_833, "mavos_r50": 41_077_385, "mavos_swinb": 91_566_145,
                    "deaot_mbv2": 13_167_342}
@@ -74,9 +74,9 @@ def test_official_keys_load_strictly(name):
     official = fake_official_state(name)
     wrapped = {"state_dict": {"module." + k: v for k, v in official.items()}, "step": 100} \
         if name == "mavos_r50" else official
-    ours, unmapped = convert_official_state_dict(wrapped, name)
+    ours, unmapped = convert_official_state_dict(wrapped, with_mca=name.startswith("mavos"))
     assert unmapped == []
-    net = build_vos_network(*OFFICIAL_MODELS[name])
+    net = build_network(name)
     assert sum(p.numel() for p in net.parameters()) == OFFICIAL_PARAMS[name]
     fitted, missing, unexpected = fit_to_model(ours, net.state_dict(), name)
     assert missing == [] and unexpected == []
@@ -102,15 +102,13 @@ def test_unwrap_wrappers_and_prefixes():
     assert unwrap_state_dict({"ema": {"module.module.b": t}, "step": 3}) == {"b": t}
     with pytest.raises(ValueError, match="no state dict"):
         unwrap_state_dict({"step": 3, "name": "x"})
-    with pytest.raises(ValueError, match="unknown model"):
-        convert_official_state_dict({"a": t}, "mavos_vit")
 
 
 def test_wrong_shape_is_refused_with_key_and_source():
     official = fake_official_state("deaot_mbv2")
     official["LSTT.layers.1.linear_U.weight"] = torch.zeros(512, 128)
-    ours, _ = convert_official_state_dict(official, "deaot_mbv2")
-    net = build_vos_network("mobilenetv2", "bank")
+    ours, _ = convert_official_state_dict(official, with_mca=False)
+    net = build_network("deaot_mbv2")
     with pytest.raises(ValueError, match=r"some/file\.pth.*propagator\.layers\.1\.linear_u\.weight.*\(512, 128\)"):
         fit_to_model(ours, net.state_dict(), "some/file.pth")
 
@@ -118,8 +116,8 @@ def test_wrong_shape_is_refused_with_key_and_source():
 def test_linear_weight_for_1x1_conv_is_reshaped():
     official = fake_official_state("deaot_mbv2")
     official["encoder_projector.weight"] = official["encoder_projector.weight"].flatten(1)  # (256, 1280)
-    ours, _ = convert_official_state_dict(official, "deaot_mbv2")
-    net = build_vos_network("mobilenetv2", "bank")
+    ours, _ = convert_official_state_dict(official, with_mca=False)
+    net = build_network("deaot_mbv2")
     fitted, missing, _ = fit_to_model(ours, net.state_dict())
     assert missing == []
     assert fitted["encoder_projector.weight"].shape == (256, 1280, 1, 1)
@@ -127,7 +125,7 @@ def test_linear_weight_for_1x1_conv_is_reshaped():
 
 
 def test_mca_weights_are_not_used_by_a_bank_model():
-    ours, unmapped = convert_official_state_dict(fake_official_state("mavos_mbv2"), "deaot_mbv2")
+    ours, unmapped = convert_official_state_dict(fake_official_state("mavos_mbv2"), with_mca=False)
     assert len(unmapped) == 180 and all(k.startswith("long_term_memory_attention.") for k in unmapped)
     assert not any(k.startswith("memory.") for k in ours)
 
@@ -143,7 +141,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     ckpt = torch.load(dst, map_location="cpu", weights_only=False)
     assert ckpt["hyper_parameters"]["model"] == "deaot_mbv2" and "pytorch-lightning_version" in ckpt
     assert all(k.startswith("net.") for k in ckpt["state_dict"])
-    net = build_vos_network("mobilenetv2", "bank")
+    net = build_network("deaot_mbv2")
     load_network_weights(net, dst)
     assert torch.equal(net.propagator.layers[2].linear_id_v.weight, official["LSTT.layers.2.linear_ID_V.weight"])
     assert not list(dst.parent.glob(".*"))  # atomic write leaves no temporary file

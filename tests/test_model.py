@@ -5,21 +5,20 @@ import pytest
 import torch
 
 from mavos.inference.tracker import ObjectTracker, one_hot_mask
-from mavos.model import build_vos_network
+from mavos.registry import build_network
 from mavos.model.attention import LocalGatedAttention
 from mavos.model.mca import ModulatedCrossAttention
 from mavos.model.memory import BankMemory, FIFOMemory, MCAMemory
 from mavos.model.propagation import LayerMemory
 
 # Counts of the released models (../shared/reference/MAVOS.md, counted from the official code).
-OFFICIAL_PARAMS = {("mobilenetv2", "mca"): 34_429_833, ("mobilenetv2", "bank"): 13_167_342,
-                   ("resnet50", "mca"): 41_077_385}
+OFFICIAL_PARAMS = {"mavos_mbv2": 34_429_833, "deaot_mbv2": 13_167_342, "mavos_r50": 41_077_385}
 
 
-@pytest.mark.parametrize("backbone,memory", list(OFFICIAL_PARAMS))
-def test_parameter_count_matches_official(backbone, memory):
-    net = build_vos_network(backbone, memory)
-    assert sum(p.numel() for p in net.parameters()) == OFFICIAL_PARAMS[(backbone, memory)]
+@pytest.mark.parametrize("model", list(OFFICIAL_PARAMS))
+def test_parameter_count_matches_official(model):
+    net = build_network(model)
+    assert sum(p.numel() for p in net.parameters()) == OFFICIAL_PARAMS[model]
 
 
 def test_mca_blocks_hold_the_documented_share():
@@ -122,7 +121,7 @@ def test_mca_first_write_is_the_new_frame_then_fused():
 def test_long_term_memory_over_50_frames(memory, slots):
     """MAVOS keeps exactly two slots over a 50-frame video; DeAOT grows by one slot per gap."""
     torch.manual_seed(0)
-    net = build_vos_network("mobilenetv2", memory).eval()
+    net = build_network("mavos_mbv2", [f"memory={memory}"]).eval()
     size = 33
     frames = torch.rand(50, 1, 3, size, size)
     mask = torch.zeros(1, size, size, dtype=torch.long)
@@ -144,7 +143,7 @@ def test_long_term_memory_over_50_frames(memory, slots):
 
 def test_unused_identities_are_masked_out():
     torch.manual_seed(0)
-    net = build_vos_network().eval()
+    net = build_network("mavos_mbv2").eval()
     tracker = ObjectTracker(net, [2])
     mask = torch.zeros(1, 33, 33, dtype=torch.long)
     mask[:, :10, :10], mask[:, 20:, 20:] = 1, 2
@@ -160,7 +159,7 @@ def test_mask_with_more_objects_than_id_bank_is_rejected():
 
 
 def test_frame_and_mask_of_different_sizes_are_rejected():
-    net = build_vos_network().eval()
+    net = build_network("mavos_mbv2").eval()
     tracker = ObjectTracker(net, [1])
     with torch.no_grad(), pytest.raises(ValueError, match="frame and mask sizes must match"):
         tracker.reference(net.encode(torch.rand(1, 3, 33, 33)), one_hot_mask(torch.zeros(1, 49, 49, dtype=torch.long), 10))
@@ -171,7 +170,7 @@ def test_gradients_reach_memory_fusers_in_training():
     from mavos.training.module import VOSLitModule
 
     torch.manual_seed(0)
-    module = VOSLitModule(build_vos_network(), total_steps=10).train()
+    module = VOSLitModule(build_network("mavos_mbv2"), total_steps=10).train()
     frames = torch.rand(1, 6, 3, 33, 33)
     masks = torch.zeros(1, 6, 33, 33, dtype=torch.long)
     masks[:, :, 5:20, 5:20] = 1

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from mavos.inference.session import InferenceSession, inference_size, soft_aggregate
-from mavos.model import build_vos_network
+from mavos.registry import build_network
 
 
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    return build_vos_network("mobilenetv2", "mca").eval()
+    return build_network("mavos_mbv2").eval()
 
 
 def frames(n, h=40, w=56, seed=0):

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import torch
 
-from mavos.checkpoints.convert import OFFICIAL_MODELS, convert_official_state_dict, fit_to_model
-from mavos.checkpoints.loading import CheckpointError
+from mavos.checkpoints.convert import convert_official_state_dict, fit_to_model
+from mavos.checkpoints.loading import NETWORK_KEY, CheckpointError, network_record
 from mavos.data.io import atomic_save
+from mavos.registry import ConfigError, model_names
 
-USAGE = ("usage: python -m mavos.checkpoints convert IN.pth OUT.ckpt model=NAME [unsafe_load=true]\n"
-         f"  NAME: one of {', '.join(sorted(OFFICIAL_MODELS))}")
+
+def usage() -> str:
+    return ("usage: python -m mavos.checkpoints convert IN.pth OUT.ckpt model=NAME [unsafe_load=true]\n"
+            f"  NAME: one of {', '.join(model_names())} (the model configs, conf/model/)")
 
 
 @dataclass
@@ -44,18 +47,20 @@ def convert_checkpoint_file(src: str | Path, dst: str | Path, model: str,
     """Convert ``src`` (official) to ``dst`` (ours); refuses, naming ``src``, when it does not fit ``model``."""
     from lightning import __version__ as lightning_version
 
-    from mavos.model.vos import build_vos_network
+    from mavos.model.memory import MCAMemory
+    from mavos.registry import build_network, network_config
 
     src, dst = Path(src), Path(dst)
-    if model not in OFFICIAL_MODELS:
-        raise CheckpointError(f"{src}: unknown model {model!r}; choose from {sorted(OFFICIAL_MODELS)}")
+    try:
+        config = network_config(model)
+    except ConfigError as e:
+        raise CheckpointError(f"{src}: {e}") from e
+    net = build_network(config)
     raw = read_official(src, unsafe_load)
     try:
-        converted, unmapped = convert_official_state_dict(raw, model)
+        converted, unmapped = convert_official_state_dict(raw, with_mca=isinstance(net.memory, MCAMemory))
     except ValueError as e:
         raise CheckpointError(f"{src}: {e}") from e
-    backbone, memory = OFFICIAL_MODELS[model]
-    net = build_vos_network(backbone, memory)
     try:
         fitted, missing, unexpected = fit_to_model(converted, net.state_dict(), str(src))
     except ValueError as e:
@@ -68,8 +73,9 @@ def convert_checkpoint_file(src: str | Path, dst: str | Path, model: str,
     net.load_state_dict(fitted, strict=True)  # final proof that evaluate.py's strict load will succeed
     ckpt = {
         "state_dict": {"net." + k: v for k, v in fitted.items()},
-        "hyper_parameters": {"model": model, "backbone": backbone, "memory": memory},
-        "mavos": {"model": model, "source": str(src), "converted_from": "official", "unmapped": unmapped},
+        "hyper_parameters": {"model": model},
+        NETWORK_KEY: network_record(config, model),
+        "mavos_conversion": {"source": str(src), "converted_from": "official", "unmapped": unmapped},
         "pytorch-lightning_version": lightning_version,
         "epoch": 0,
         "global_step": 0,
@@ -83,7 +89,7 @@ def parse_options(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"expected key=value, got {item!r}\n{USAGE}")
+            raise SystemExit(f"expected key=value, got {item!r}\n{usage()}")
         options[key.lstrip("-")] = value
     return options
 
@@ -91,13 +97,13 @@ def parse_options(items: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) < 3 or argv[0] != "convert":
-        print(USAGE, file=sys.stderr)
+        print(usage(), file=sys.stderr)
         return 2
     src, dst = argv[1], argv[2]
     options = parse_options(argv[3:])
     unknown = set(options) - {"model", "unsafe_load"}
     if "model" not in options or unknown:
-        print(f"{'unknown options ' + str(sorted(unknown)) if unknown else 'model= is required'}\n{USAGE}",
+        print(f"{'unknown options ' + str(sorted(unknown)) if unknown else 'model= is required'}\n{usage()}",
               file=sys.stderr)
         return 2
     unsafe = options.get("unsafe_load", "false").lower() in ("1", "true", "yes")

@@ -11,17 +11,6 @@ from __future__ import annotations
 import re
 import torch
 
-# Which network each official model name is: (backbone, memory policy). Parameter counts of the
-# official models: mavos_mbv2 34,429,833; mavos_r50 41,077,385; mavos_swinb 91,566,145; deaot_mbv2 13,167,342.
-OFFICIAL_MODELS: dict[str, tuple[str, str]] = {
-    "mavos_mbv2": ("mobilenetv2", "mca"),
-    "mavos_r50": ("resnet50", "mca"),
-    "mavos_swinb": ("swinb", "mca"),
-    "deaot_mbv2": ("mobilenetv2", "bank"),
-    "deaot_r50": ("resnet50", "bank"),
-    "deaot_swinb": ("swinb", "bank"),
-}
-
 # The official MCA blocks sit at long_term_memory_attention.<layer>.<slot> with slot 0 = key,
 # 1 = value, 2 = (ID key, unused: None), 3 = ID value.
 _MCA_SLOTS = {"0": "key", "1": "value", "3": "id_value"}
@@ -103,23 +92,20 @@ def rename_official_key(key: str) -> str | None:
     return key if key.startswith(_OUR_PREFIXES) else None
 
 
-def convert_official_state_dict(state: dict, model: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+def convert_official_state_dict(state: dict, with_mca: bool = True) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Map an official checkpoint (any wrapper, ``module.`` prefixes allowed) to our key names.
 
     Returns (our state dict, official keys that have no counterpart). Keys the official code keeps but
-    our network recomputes (BatchNorm ``num_batches_tracked``) are dropped silently. ``model`` names the
-    official model (a key of ``OFFICIAL_MODELS``); DeAOT checkpoints must not carry MCA weights.
+    our network recomputes (BatchNorm ``num_batches_tracked``) are dropped silently. ``with_mca``: the
+    target network has MCA memory blocks (MAVOS); for DeAOT any MCA weights are reported as unmapped.
     """
-    if model not in OFFICIAL_MODELS:
-        raise ValueError(f"unknown model {model!r}; choose from {sorted(OFFICIAL_MODELS)}")
-    memory = OFFICIAL_MODELS[model][1]
     ours: dict[str, torch.Tensor] = {}
     unmapped: list[str] = []
     for key, value in unwrap_state_dict(state).items():
         if any(p.search(key) for p in _IGNORED):
             continue
         new = rename_official_key(key)
-        if new is None or (memory != "mca" and new.startswith("memory.fusers.")) or not isinstance(value, torch.Tensor):
+        if new is None or (not with_mca and new.startswith("memory.fusers.")) or not isinstance(value, torch.Tensor):
             unmapped.append(key)
             continue
         if new in ours:

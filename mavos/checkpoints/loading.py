@@ -1,36 +1,164 @@
-"""Loading network weights from our Lightning checkpoints (or converted official ones) with clear errors."""
+"""Reading our checkpoints: the network they hold (its stored config) and its weights, with clear errors.
+
+Every checkpoint mavos writes (training, ``python -m mavos.checkpoints convert``) stores the resolved
+network config under ``NETWORK_KEY`` (``{"model": name or None, "config": {... _target_ ...}}``), so
+``load_network(path)`` rebuilds the right network without being told its name. Checkpoints written before
+that need ``model=``.
+"""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+NETWORK_KEY = "mavos_network"
+
+# Network settings that do not change what a trained network computes at test time: training-only
+# options (weights to start from, frozen BatchNorm, frozen stages, dropout / drop-path rates, the training
+# memory gap) and the test gap, which is a legitimate test-time choice (applied, not compared).
+TEST_TIME_KEYS = ("memory.test_gap",)
+TRAINING_ONLY_KEYS = ("encoder.weights", "encoder.frozen_bn", "encoder.freeze_at", "encoder.drop_path", "droppath",
+                      "lst_dropout", "id_dropout", "memory.drop_path", "memory.train_gap")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, or does not fit the model; names the file."""
 
 
-def read_network_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The network's state dict from a Lightning checkpoint (``net.`` keys) or a plain state dict."""
+def read_checkpoint(path: str | Path) -> dict:
+    """``torch.load`` a checkpoint we (or Lightning) wrote; anything else is a CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({e})") from e
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: no state_dict found in checkpoint")
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'})") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(ckpt).__name__}, expected a dict)")
+    return ckpt
+
+
+def network_state(ckpt: dict, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
+    """The network's state dict from a Lightning checkpoint (``net.`` keys) or a plain state dict."""
+    state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: no state_dict of tensors found in checkpoint")
     if any(k.startswith("net.") for k in state):
         state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
     return state
 
 
+def read_network_state(path: str | Path) -> dict[str, torch.Tensor]:
+    return network_state(read_checkpoint(path), path)
+
+
+def stored_network(ckpt: dict) -> dict[str, Any] | None:
+    """``{"model": name or None, "config": network config}`` stored in a checkpoint, or None (older files)."""
+    record = ckpt.get(NETWORK_KEY)
+    return record if isinstance(record, dict) and isinstance(record.get("config"), dict) else None
+
+
+def network_record(config: Mapping[str, Any], model: str | None = None) -> dict[str, Any]:
+    """What a checkpoint stores about its network (see ``NETWORK_KEY``)."""
+    return {"model": model, "config": _plain(config)}
+
+
+def _plain(node):
+    if isinstance(node, Mapping):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def architecture_differences(stored: Mapping, requested: Mapping) -> list[str]:
+    """Settings that differ between two network configs and change what the network computes."""
+    a, b = _flatten(stored), _flatten(requested)
+    ignored = set(TEST_TIME_KEYS) | set(TRAINING_ONLY_KEYS)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in ignored:
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            diffs.append(f"{key}: checkpoint {a.get(key, '<absent>')!r} vs requested {b.get(key, '<absent>')!r}")
+    return diffs
+
+
+def resolve_network_config(path: str | Path, ckpt: dict, requested: Mapping | None = None,
+                           requested_name: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """The network config to build for a checkpoint: its stored one, checked against an explicit request.
+
+    ``requested`` is the network config the user asked for explicitly (``model=...``, ``memory=...`` or
+    ``model.net.*`` overrides), None when they asked for nothing. A request that changes the architecture is
+    refused, naming both; a different ``memory.test_gap`` is applied (a test-time choice). Checkpoints without a
+    stored config (older files) use the request, which is then required.
+    """
+    from mavos.registry import describe
+
+    record = stored_network(ckpt)
+    if record is None:
+        if requested is None:
+            raise CheckpointError(f"{path}: the checkpoint does not say which network it holds (written before "
+                                  f"checkpoints stored their config, or not by mavos); pass model=<name>")
+        return dict(requested), requested_name
+    config, name = dict(record["config"]), record.get("model")
+    if requested is None:
+        return config, name
+    diffs = architecture_differences(config, requested)
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f" ... (+{len(diffs) - 6})" if len(diffs) > 6 else "")
+        raise CheckpointError(
+            f"{path}: the checkpoint holds {name or 'a network'} ({describe(config)}) but the request is "
+            f"{requested_name or 'another network'} ({describe(requested)}): {shown}. Drop model=/memory= to use "
+            f"the checkpoint's own network.")
+    gap = (requested.get("memory") or {}).get("test_gap")
+    if gap is not None and "memory" in config:
+        config["memory"] = {**config["memory"], "test_gap": gap}
+    return config, name
+
+
+def load_network(path: str | Path, model: str | None = None, overrides: tuple[str, ...] | list[str] = ()):
+    """Build the network a checkpoint holds (its stored config, or ``model`` for older files) and load it.
+
+    ``model`` / ``overrides`` given for a checkpoint that stores its config must agree with it (see
+    ``resolve_network_config``). Returns the network in eval mode, on the CPU.
+    """
+    from mavos.registry import build_network, network_config
+
+    ckpt = read_checkpoint(path)
+    requested = network_config(model or "mavos_mbv2", overrides) if (model or overrides) else None
+    config, _ = resolve_network_config(path, ckpt, requested, model)
+    try:
+        net = build_network(config)
+    except Exception as e:
+        raise CheckpointError(f"{path}: its stored network config cannot be built: {e}") from e
+    load_state(net, network_state(ckpt, path), path)
+    return net.eval()
+
+
 def load_network_weights(net: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint's weights into an existing network, strictly."""
+    load_state(net, read_network_state(path), path)
+
+
+def load_state(net: nn.Module, state: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> None:
     """Load weights strictly; a mismatch lists missing / unexpected / wrong-shape keys and the file."""
-    state = read_network_state(path)
     own = net.state_dict()
     # BatchNorm's step counter is the one difference between a trainable-BN and a frozen-BN encoder; it
     # plays no part in the forward pass, so checkpoints move freely between the two.
@@ -53,7 +181,8 @@ def load_network_weights(net: nn.Module, path: str | Path) -> None:
             parts.append(f"{len(unexpected)} unexpected keys [{head(unexpected)}]")
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches [{head(wrong)}]")
-        raise CheckpointError(f"{path}: checkpoint does not fit the model ({type(net.memory).__name__} memory, "
+        memory = type(getattr(net, "memory", None)).__name__
+        raise CheckpointError(f"{path}: checkpoint does not fit the model ({memory} memory, "
                               f"{sum(p.numel() for p in net.parameters()):,} parameters): " + "; ".join(parts) +
                               ". Pick the model config the checkpoint was trained with (model=..., memory=...).")
     net.load_state_dict(state, strict=True)

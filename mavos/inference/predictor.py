@@ -1,6 +1,6 @@
 """A script-facing API in the spirit of SAM2's video predictor: load a model, give masks, iterate masks.
 
-    predictor = VideoPredictor.from_checkpoint("last.ckpt", model="mavos_mbv2")
+    predictor = VideoPredictor.from_checkpoint("last.ckpt")   # the checkpoint names its network
     for index, mask in predictor.propagate(frames, {0: first_mask}):
         ...
 """
@@ -11,10 +11,9 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from mavos.checkpoints.loading import load_network_weights
+from mavos.checkpoints.loading import load_network
 from mavos.inference.session import InferenceSession
-from mavos.checkpoints.convert import OFFICIAL_MODELS as MODELS
-from mavos.model.vos import VOSNetwork, build_vos_network
+from mavos.model.vos import VOSNetwork
 
 
 class VideoPredictor:
@@ -24,13 +23,10 @@ class VideoPredictor:
         self.session_kwargs = session_kwargs
 
     @classmethod
-    def from_checkpoint(cls, ckpt_path: str, model: str = "mavos_mbv2", device=None, **session_kwargs) -> "VideoPredictor":
-        if model not in MODELS:
-            raise ValueError(f"unknown model {model!r}; choose from {sorted(MODELS)}")
-        backbone, memory = MODELS[model]
-        net = build_vos_network(backbone, memory)
-        load_network_weights(net, ckpt_path)
-        return cls(net, device, **session_kwargs)
+    def from_checkpoint(cls, ckpt_path: str, model: str | None = None, device=None,
+                        **session_kwargs) -> "VideoPredictor":
+        """The network the checkpoint stores; ``model`` (a config name) only for checkpoints without one."""
+        return cls(load_network(ckpt_path, model), device, **session_kwargs)
 
     def propagate(self, frames: Iterable[np.ndarray], masks: dict[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (frame index, (H, W) uint8 object ids) for every frame from the first given mask on.

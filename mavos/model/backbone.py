@@ -266,14 +266,3 @@ class SwinBEncoder(Backbone):
             out, x = stage(x)
             outs.append(getattr(self, f"norm{i}")(out).permute(0, 3, 1, 2).contiguous())
         return outs + [outs[-1]]
-
-
-ENCODERS = {"mobilenetv2": MobileNetV2Encoder, "resnet50": ResNet50Encoder, "swinb": SwinBEncoder}
-
-
-def build_backbone(name: str, weights: str | None = None, frozen_bn: bool = True, freeze_at: int = 2) -> Backbone:
-    try:
-        cls = ENCODERS[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(ENCODERS)}") from None
-    return cls(weights=weights, frozen_bn=frozen_bn, freeze_at=freeze_at)

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mavos.model.backbone import Backbone, build_backbone
+from mavos.model.backbone import Backbone
 from mavos.model.decoder import FPNDecoder
 from mavos.model.identity import IDBank
 from mavos.model.layers import map_to_tokens, tokens_to_map
-from mavos.model.memory import BankMemory, FIFOMemory, MCAMemory, MemoryPolicy
+from mavos.model.memory import MemoryPolicy
 from mavos.model.propagation import LayerMemory, Propagator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -92,14 +92,3 @@ class VOSNetwork(nn.Module):
     def decode(self, features: torch.Tensor, frame: EncodedFrame) -> torch.Tensor:
         """Logits (B, 1 + max_objects, H/4, W/4) from propagated features."""
         return self.decoder(tokens_to_map(features, frame.size), frame.skips)
-
-
-MEMORIES = {"mca": MCAMemory, "bank": BankMemory, "fifo": FIFOMemory}
-
-
-def build_vos_network(backbone: str = "mobilenetv2", memory: str = "mca", weights: str | None = None,
-                      max_objects: int = 10, **kwargs) -> VOSNetwork:
-    """Convenience constructor for scripts and tests (configs instantiate the classes directly)."""
-    encoder = build_backbone(backbone, weights=weights)
-    policy = MEMORIES[memory]()
-    return VOSNetwork(encoder, policy, max_objects=max_objects, align_corners=(backbone != "swinb"), **kwargs)
