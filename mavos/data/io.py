@@ -69,6 +69,41 @@ def read_mask(path: str | Path) -> np.ndarray:
     return ids[inv].reshape(code.shape)
 
 
+def read_user_mask(path: str | Path) -> np.ndarray:
+    """A mask a person made for their own video: object ids, with binary masks read as one object.
+
+    Palette PNGs hold ids (255 = void, as in DAVIS). A greyscale / RGB mask whose only values are 0 and 255 (the
+    most common kind: a binary mask from an editor or a segmentation tool) is object 1 where it is 255.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            palette = img.mode == "P"
+    except FileNotFoundError as e:
+        raise DatasetError(f"{path}: mask does not exist") from e
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read mask ({e})") from e
+    if not palette:
+        try:
+            with Image.open(path) as img:
+                grey = np.asarray(img.convert("L"), dtype=np.uint8)
+        except Exception as e:
+            raise DatasetError(f"{path}: cannot read mask ({e})") from e
+        values = np.unique(grey)
+        if values.size and set(values.tolist()) <= {0, 255} and values[-1] == 255:
+            return (grey == 255).astype(np.uint8)
+    return read_mask(path)
+
+
+def is_binary_mask_file(path: str | Path) -> bool:
+    """Whether ``read_user_mask`` reads ``path`` as a 0/255 binary mask (one object)."""
+    with Image.open(path) as img:
+        if img.mode == "P":
+            return False
+        values = np.unique(np.asarray(img.convert("L"), dtype=np.uint8)).tolist()
+    return bool(values) and set(values) <= {0, 255} and values[-1] == 255
+
+
 def atomic_save(save_fn, path: str | Path) -> None:
     """Write through ``save_fn(tmp_path)`` then rename, so a crash never leaves a half-written file."""
     path = Path(path)
