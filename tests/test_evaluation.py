@@ -182,3 +182,13 @@ def test_unfilled_lvos_slots_count_zero():
     scorer.add(0, square, square)
     scorer.add(5, square, square)
     assert scorer.rows()[0][0].tolist() == [1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("count,world", [(2, 2), (5, 2), (2, 3), (10, 4), (30, 8), (1, 1)])
+def test_validation_shards_cover_every_video_once_with_panels_on_rank_0(count, world):
+    from mavos.data.datamodule import panel_count, shard_videos
+
+    shards = [shard_videos(count, r, world, panels=2) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(count))
+    assert set(range(panel_count(count, world, 2))) <= set(shards[0])
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1   # balanced

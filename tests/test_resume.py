@@ -110,8 +110,8 @@ def test_sigusr1_on_slurm_saves_a_checkpoint_requeues_and_the_requeued_job_resum
     slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
              "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
              "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    args = [*TINY_SYNTHETIC, *SMALL_CLIPS, "trainer.max_steps=6", "trainer.val_check_interval=100",
-            "data.val_videos=0", "callbacks.model_checkpoint.monitor=null", "logger=csv", "run_name=slurm"]
+    args = [*TINY_SYNTHETIC, *SMALL_CLIPS, "trainer.max_steps=6", "trainer.val_check_interval=3",
+            "data.val_videos=0", "logger=csv", "run_name=slurm"]
     probe = tmp_path / "probe"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, *_probe(probe)], cwd=tmp_path,
                             env=_env(tmp_path, **slurm), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -70,11 +70,19 @@ class VideoIndices(IterableDataset):
         return len(self.indices)
 
 
-def shard_videos(count: int, rank: int, world: int, first: int = 0) -> list[int]:
-    """Video indices of one rank: the ``first`` (dashboard panel) videos all on rank 0, the rest round-robin."""
-    first = min(first, count)
-    rest = list(range(first, count))
-    return (list(range(first)) if rank == 0 else []) + rest[rank::world]
+def panel_count(count: int, world: int, wanted: int) -> int:
+    """How many of the first videos rank 0 keeps for the dashboard panels (at most its fair share)."""
+    return min(wanted, count, -(-count // max(world, 1)))
+
+
+def shard_videos(count: int, rank: int, world: int, panels: int = 0) -> list[int]:
+    """Video indices of one rank: the first ``panel_count`` videos (dashboard panels, logged by rank 0) on rank 0,
+    every other video to the rank holding the fewest so far (each video once; the same on every rank)."""
+    first = panel_count(count, world, panels)
+    shards: list[list[int]] = [list(range(first)) if r == 0 else [] for r in range(world)]
+    for index in range(first, count):
+        min(shards, key=len).append(index)
+    return shards[rank]
 
 
 class VOSDataModule(L.LightningDataModule):
@@ -118,6 +126,7 @@ class VOSDataModule(L.LightningDataModule):
         self.panel_videos = int(panel_videos)
         self._train_dataset: Dataset | None = None
         self._validation: list[VideoRecord] | None = None
+        self.panel_indices: set[int] = set()  # the validation videos whose panels rank 0 logs
 
     def prepare_data(self) -> None:
         if self.prepare is not None:
@@ -173,6 +182,7 @@ class VOSDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         indices = shard_videos(len(self.validation_videos()), rank, world, self.panel_videos)
+        self.panel_indices = set(range(panel_count(len(self.validation_videos()), world, self.panel_videos)))
         return DataLoader(VideoIndices(indices), batch_size=None, num_workers=0)
 
 

@@ -84,19 +84,25 @@ class Ranks:
 
 # ---------------------------------------------------------------- the network of a checkpoint
 
-def explicit_network_request(cfg: DictConfig) -> tuple[dict | None, str | None]:
-    """The network the user asked for on the command line (``model=``, ``memory=``, ``backbone=``,
-    ``model.net.*``), or (None, None) when they asked for none."""
+TEST_GAP_KEY = "model.net.memory.test_gap"
+
+
+def explicit_network_request(cfg: DictConfig) -> tuple[dict | None, str | None, int | None]:
+    """What the user asked for on the command line: (network config, model name) when they chose a network
+    (``model=``, ``memory=``, ``backbone=``, ``model.net.*``), else (None, None); and the test gap when they set
+    ``model.net.memory.test_gap`` (a test-time choice, applied to any checkpoint)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         hydra_cfg = HydraConfig.get()
     except ValueError:  # not inside a Hydra run
-        return None, None
+        return None, None, None
     keys = [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
-    if not any(k in ARCHITECTURE_GROUPS or k.startswith("model.net.") for k in keys):
-        return None, None
-    return OmegaConf.to_container(cfg.model.net, resolve=True), hydra_cfg.runtime.choices.get("model")
+    gap = int(cfg.model.net.memory.test_gap) if TEST_GAP_KEY in keys else None
+    architecture = [k for k in keys if (k in ARCHITECTURE_GROUPS or k.startswith("model.net.")) and k != TEST_GAP_KEY]
+    if not architecture:
+        return None, None, gap
+    return OmegaConf.to_container(cfg.model.net, resolve=True), hydra_cfg.runtime.choices.get("model"), gap
 
 
 def load_checkpoint_network(cfg: DictConfig, device: torch.device):
@@ -105,13 +111,15 @@ def load_checkpoint_network(cfg: DictConfig, device: torch.device):
         raise ConfigError("ckpt_path is required: a checkpoint from train.py or `python -m mavos.checkpoints convert`"
                           " (or score_only=true to score existing results)")
     ckpt = read_checkpoint(cfg.ckpt_path)
-    requested, name = explicit_network_request(cfg)
+    requested, name, gap = explicit_network_request(cfg)
     if requested is None and "mavos_network" not in ckpt:
         # an older checkpoint without its config: the composed model (default mavos_mbv2), said aloud
         requested, name = OmegaConf.to_container(cfg.model.net, resolve=True), None
         log.warning("%s stores no network config (an older checkpoint): using the configured model (%s); pass "
                     "model=<name> if it is another", cfg.ckpt_path, describe(requested))
     config, stored_name = resolve_network_config(cfg.ckpt_path, ckpt, requested, name)
+    if gap is not None and "memory" in config:
+        config["memory"] = {**config["memory"], "test_gap": gap}
     net = build_checkpoint_network(cfg.ckpt_path, config)
     load_state(net, network_state(ckpt, cfg.ckpt_path), cfg.ckpt_path)
     log.info("network: %s (%s)", stored_name or name or "from checkpoint", describe(config))
@@ -296,10 +304,10 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
                 write_overlay_for(record, results_dir)
         summary[f"{type(net.memory).__name__.replace('Memory', '').lower()} model"] = {}
     if scored:
-        global_row = metric.compute()  # gathers across ranks (every rank calls it)
+        global_row, rows = metric.compute(), metric.per_object_rows()  # each gathers across ranks: every rank calls
         summary = {k: global_row for k in summary}
         if ranks.rank == 0:
-            write_protocol_csvs(results_dir, split, protocol, metric)
+            write_protocol_csvs(results_dir, split, protocol, global_row, rows)
         if cfg.get("baseline", False):
             base = JFMetric(protocol).to(device)
             for record in records:

@@ -385,7 +385,8 @@ def write_lvos_csvs(results_dir: str | Path, split: str, global_row: dict, per_s
     return g, s
 
 
-def write_protocol_csvs(results_dir: str | Path, split: str, protocol: str, metric: JFMetric) -> None:
-    """The toolkit's CSV pair for ``protocol`` from a (gathered) metric."""
+def write_protocol_csvs(results_dir: str | Path, split: str, protocol: str, global_row: dict, rows: list[dict]
+                        ) -> None:
+    """The toolkit's CSV pair for ``protocol`` (the global row and per-object rows of a gathered ``JFMetric``)."""
     write = write_lvos_csvs if protocol == "lvos" else write_davis_csvs
-    write(results_dir, split, metric.compute(), metric.per_object_rows())
+    write(results_dir, split, global_row, rows)

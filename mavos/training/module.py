@@ -72,6 +72,8 @@ class VOSLitModule(L.LightningModule):
         self.val_seconds = SumMetric()
         self.val_history: list[tuple[int, float]] = []   # (step, val/J&F), kept in checkpoints
         self._panels: dict[str, list] = {}
+        # DDP: a rank may get no validation video (fewer videos than ranks); it still joins the J&F gathers
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     # ------------------------------------------------------------------ training
     @property
@@ -148,7 +150,7 @@ class VOSLitModule(L.LightningModule):
         record = datamodule.validation_videos()[int(index)]
         panel_frames: set[int] = set()
         plan = plan_for_record(record, self.hparams.protocol)
-        if int(index) < datamodule.panel_videos and plan is not None and plan.frame_indices:
+        if int(index) in datamodule.panel_indices and plan is not None and plan.frame_indices:
             chosen = plan.frame_indices
             k = max(1, int(self.hparams.panel_frames))
             panel_frames = {chosen[round(j * (len(chosen) - 1) / max(1, k - 1))] for j in range(k)}
@@ -179,9 +181,10 @@ class VOSLitModule(L.LightningModule):
         frames, seconds = float(self.val_frames.compute()), float(self.val_seconds.compute())
         fps = frames / seconds if seconds > 0 else float("nan")
         values = {"val/J&F": row["J&F-Mean"], "val/J": row["J-Mean"], "val/F": row["F-Mean"], "val/fps": fps}
-        for key, value in values.items():
-            self.log(key, value, sync_dist=False, rank_zero_only=False)
         step = int(self.global_step)
+        for key, value in values.items():
+            self.log(key, value, sync_dist=True)
+        self.log("step", float(step), sync_dist=True)  # the loggers' x value: the optimizer step, as for the panels
         if not self.val_history or self.val_history[-1][0] != step:
             self.val_history.append((step, float(row["J&F-Mean"])))
         if self.trainer.is_global_zero:

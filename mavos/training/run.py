@@ -111,9 +111,9 @@ def check_validation(datamodule, protocol: str) -> None:
     from mavos.metrics.protocols import plan_for_record
 
     if protocol == "none":
-        raise ConfigError("data.protocol=none (a server-scored set) but training validates: point "
-                          "data.module.train_val_reader at videos with ground truth (e.g. a held-out slice of the "
-                          "train split) or set data.val_videos=0")
+        raise ConfigError("data.val_protocol / data.protocol is none (a server-scored set has no ground truth) but "
+                          "training validates: point data.module.train_val_reader at videos with ground truth (e.g. a "
+                          "held-out slice of the train split, as data=ytvos does) or set data.val_videos=0")
     videos = datamodule.validation_videos()
     if not videos:
         raise ConfigError("data.val_videos selects no video to validate on; set data.val_videos=0 to train without "
@@ -125,6 +125,20 @@ def check_validation(datamodule, protocol: str) -> None:
             where = Path(next(iter(gt.values()))).parent if gt else record.name
             raise ConfigError(f"{where}: validation video '{record.name}' has no ground truth to score beyond its "
                               f"first frame (protocol {protocol}); validate on a set with ground truth")
+
+
+def checkpoint_without_validation(cfg: DictConfig) -> None:
+    """No validation (``data.val_videos=0``): keep the newest checkpoints every ``val_check_interval`` steps
+    instead of the best by val/J&F (nothing would be logged to choose by)."""
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    if node is None or not str(node.get("monitor") or "").startswith("val/"):
+        return
+    every = int(cfg.trainer.get("val_check_interval") or 1000)
+    with open_dict(cfg):
+        node.monitor, node.mode, node.filename = "step", "max", "step_{step:06d}"
+        node.every_n_train_steps = every
+    log.info("no validation: a checkpoint every %d steps (trainer.val_check_interval), the %s newest kept",
+             every, node.get("save_top_k"))
 
 
 # ---------------------------------------------------------------- W&B run identity
@@ -165,6 +179,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("initialised the network from %s", cfg.init_from)
 
     validates = datamodule.validates and not cfg.trainer.get("fast_dev_run")
+    if not validates:
+        checkpoint_without_validation(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
     check_monitors(callbacks, validates)
     if cfg.get("logger") and cfg.logger.get("wandb") is not None:
