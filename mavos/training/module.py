@@ -14,6 +14,7 @@ import logging
 import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torchmetrics.aggregation import SumMetric
 
 from mavos.checkpoints.loading import NETWORK_KEY
@@ -61,6 +62,8 @@ class VOSLitModule(L.LightningModule):
                  sequential_start: float = 0.5, shuffle_ids: bool = True, total_steps: int | None = None,
                  protocol: str = "davis", val_session: dict | None = None, panel_frames: int = 4):
         super().__init__()
+        if val_session is not None and not isinstance(val_session, dict):  # a DictConfig from Hydra
+            val_session = OmegaConf.to_container(val_session, resolve=True)  # checkpoints keep plain types
         self.save_hyperparameters(ignore=["net", "loss"])
         self.net = net
         self.loss = loss if loss is not None else VOSLoss()

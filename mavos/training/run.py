@@ -129,14 +129,16 @@ def check_validation(datamodule, protocol: str) -> None:
 
 def checkpoint_without_validation(cfg: DictConfig) -> None:
     """No validation (``data.val_videos=0``): keep the newest checkpoints every ``val_check_interval`` steps
-    instead of the best by val/J&F (nothing would be logged to choose by)."""
-    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    instead of the best by val/J&F (nothing would be logged to choose by); each of them refreshes last.ckpt."""
+    callbacks = cfg.get("callbacks") or {}
+    node = callbacks.get("model_checkpoint")
     if node is None or not str(node.get("monitor") or "").startswith("val/"):
         return
     every = int(cfg.trainer.get("val_check_interval") or 1000)
     with open_dict(cfg):
         node.monitor, node.mode, node.filename = "step", "max", "step_{step:06d}"
-        node.every_n_train_steps = every
+        node.every_n_train_steps, node.save_last = every, True
+        callbacks.last_checkpoint = None
     log.info("no validation: a checkpoint every %d steps (trainer.val_check_interval), the %s newest kept",
              every, node.get("save_top_k"))
 
@@ -222,9 +224,14 @@ def run_summary(trainer: L.Trainer, model, cfg: DictConfig) -> dict:
     """One row of a sweep's table: what the job trained, its best val J&F, speed and checkpoints."""
     best, best_path, last = None, None, None
     for cb in trainer.callbacks:
-        if isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
-            if cb.best_model_score is not None:
-                best, best_path = float(cb.best_model_score), cb.best_model_path
+        if not isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
+            continue
+        if str(cb.monitor or "").startswith("val/") and cb.best_model_score is not None:
+            best, best_path = float(cb.best_model_score), cb.best_model_path
+        elif cb.best_model_path and Path(cb.best_model_path).name == "last.ckpt":
+            last = cb.best_model_path
+        else:
+            best_path = best_path or cb.best_model_path or None
             last = cb.last_model_path or last
     history = getattr(model, "val_history", [])
     fps = trainer.callback_metrics.get("val/fps")
