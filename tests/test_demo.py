@@ -5,6 +5,7 @@ Masks a run writes are checked against ``InferenceSession`` driven directly on t
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import weakref
 import zipfile
@@ -128,7 +129,6 @@ def test_default_checkpoint_is_the_latest_quick_start_run(tmp_path):
         (folder / "last.ckpt").write_bytes(b"x")
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights/mavos_mbv2.ckpt").write_bytes(b"x")
-    import os
     os.utime(old / "last.ckpt", (1, 1))
     assert default_checkpoint(tmp_path) == "logs/train/runs/2026-01-02_10-00-00/checkpoints/last.ckpt"
     assert default_checkpoint(tmp_path, "mine.ckpt") == "mine.ckpt"

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 AS_TRAINED = "as trained"
 OWN_GAP = "own (mca 10, bank 5)"
+BOX_IMAGE_WIDTH = 320  # pixels the GrabCut image is shown at, at least
 ID_BANK = 10  # objects per group of every model config; the run itself asks the network
 EXPECTED = (InputError, CheckpointError, ConfigError, DatasetError)
 
@@ -69,15 +70,24 @@ def _editor_value(video, base) -> dict | None:
     return {"background": mask_tools.mask_preview(video.first_frame, base), "layers": [], "composite": None}
 
 
+def _box_zoom(video) -> int:
+    """The GrabCut image shows small frames enlarged (Gradio shows an image no larger than its pixels, and
+    only maps clicks on what it shows); clicks come back in enlarged pixels."""
+    return max(1, -(-BOX_IMAGE_WIDTH // video.width))
+
+
 def _box_image(video, corners: list) -> np.ndarray | None:
+    """The first frame (enlarged by ``_box_zoom``) with the clicked corners and the box between them."""
     if video is None:
         return None
-    image = video.first_frame.copy()
+    zoom = _box_zoom(video)
+    image = cv2.resize(video.first_frame, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
     thickness = max(1, round(max(image.shape[:2]) / 300))
-    for x, y in corners:
-        cv2.drawMarker(image, (int(x), int(y)), (255, 255, 0), cv2.MARKER_CROSS, 6 * thickness, thickness)
-    if len(corners) == 2:
-        cv2.rectangle(image, tuple(map(int, corners[0])), tuple(map(int, corners[1])), (255, 255, 0), thickness)
+    points = [(int(x * zoom + zoom // 2), int(y * zoom + zoom // 2)) for x, y in corners]
+    for point in points:
+        cv2.drawMarker(image, point, (255, 255, 0), cv2.MARKER_CROSS, 6 * thickness, thickness)
+    if len(points) == 2:
+        cv2.rectangle(image, points[0], points[1], (255, 255, 0), thickness)
     return image
 
 
@@ -145,14 +155,18 @@ def build_app(settings: DemoSettings) -> tuple[gr.Blocks, JobBoard]:
         return {base_state: base, editor: _editor_value(video, base), mask_status: f"Mask loaded: {note}"}
 
     def click_corner(video, corners, event: gr.SelectData):
-        corners = ([] if len(corners) >= 2 else list(corners)) + [tuple(event.index[:2])]
+        if video is None:
+            return {}
+        zoom = _box_zoom(video)
+        corner = (min(int(event.index[0]) // zoom, video.width - 1), min(int(event.index[1]) // zoom, video.height - 1))
+        corners = ([] if len(corners) >= 2 else list(corners)) + [corner]
         return {corners_state: corners, box_image: _box_image(video, corners)}
 
     def apply_grabcut(video, base, editor_value, corners, object_id):
         try:
             mask = _current_mask(video, base, editor_value)
             if len(corners) != 2:
-                raise InputError("click two opposite corners of a box around the object on the small image first")
+                raise InputError("click two opposite corners of a box around the object on the GrabCut image first")
             region = mask_tools.grabcut(video.first_frame, (*corners[0], *corners[1]))
             mask = mask_tools.add_object(mask, region, int(object_id or 1))
             note = mask_tools.check_first_mask(mask, ID_BANK)
@@ -238,8 +252,9 @@ def build_app(settings: DemoSettings) -> tuple[gr.Blocks, JobBoard]:
                                                        default_color=mask_tools.brush_colours()[1]))
             with gr.Column(scale=2):
                 mask_file = gr.File(label="Or upload a mask PNG", type="filepath", elem_id="mask-upload")
-                box_image = gr.Image(label="GrabCut: click two opposite corners of a box", interactive=False,
-                                     height=240, elem_id="box-image")
+                gr.Markdown("GrabCut: click two opposite corners of a box around one object on this image")
+                box_image = gr.Image(show_label=False, interactive=False, height=240, buttons=[], format="png",
+                                     elem_id="box-image")
                 with gr.Row():
                     object_id = gr.Number(value=1, precision=0, minimum=1, maximum=254, label="as object",
                                           elem_id="grabcut-object")
@@ -266,7 +281,8 @@ def build_app(settings: DemoSettings) -> tuple[gr.Blocks, JobBoard]:
         video_file.clear(load_upload, video_file, loaded_outputs)
         bench_load.click(load_benchmark, bench_name, [*loaded_outputs, bench_name])
         mask_file.upload(load_mask, [mask_file, video_state], [base_state, editor, mask_status])
-        box_image.select(click_corner, [video_state, corners_state], [corners_state, box_image])
+        box_image.select(click_corner, [video_state, corners_state], [corners_state, box_image],
+                         trigger_mode="multiple", concurrency_limit=1)  # clicks in order, none dropped
         grabcut_button.click(apply_grabcut, [video_state, base_state, editor, corners_state, object_id],
                              [base_state, editor, corners_state, box_image, mask_status])
         clear_button.click(clear_mask, video_state, [base_state, editor, mask_status])

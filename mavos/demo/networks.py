@@ -21,9 +21,9 @@ from mavos.registry import build_network, network_config
 RANDOM = "random weights (mavos_mbv2, seed 0)"
 RANDOM_MODEL = "mavos_mbv2"
 POLICIES = ("mca", "bank")
-RANDOM_WARNING = ("**Random weights**: no checkpoint is selected (none found under `weights/` or "
-                  "`logs/train/runs/*/checkpoints/`), so the masks are meaningless; time and memory are still "
-                  "real. Train one with `make run`, or convert the authors' weights (README).")
+RANDOM_WARNING = ("**Random weights**: no checkpoint is selected, so the masks are meaningless (time and memory are "
+                  "still real). Pick one from `weights/` or `logs/train/runs/*/checkpoints/`, train one with "
+                  "`make run`, or convert the authors' weights (README).")
 
 
 def checkpoint_choices(root: str | Path) -> list[str]:
