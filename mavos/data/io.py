@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ def davis_palette() -> np.ndarray:
 
 
 _PALETTE = davis_palette()
+TEMP_PREFIX = "."  # temporary files of atomic_save: .<name>.<pid>-<token>.tmp<suffix>
 
 
 def read_frame(path: str | Path) -> np.ndarray:
@@ -105,17 +106,32 @@ def is_binary_mask_file(path: str | Path) -> bool:
 
 
 def atomic_save(save_fn, path: str | Path) -> None:
-    """Write through ``save_fn(tmp_path)`` then rename, so a crash never leaves a half-written file."""
+    """Write through ``save_fn(tmp_path)`` then rename, so a crash never leaves a half-written file.
+
+    The temporary file lives beside the destination (same file system, so the rename is atomic, and a killed
+    writer leaves nothing in the system temp folder) and is created with the user's umask, like any file.
+    Its name starts with a dot and keeps the destination's suffix (writers pick formats by suffix).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}"
     try:
-        save_fn(tmp)
+        save_fn(str(tmp))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete temporary files a killed ``atomic_save`` left in ``folder`` (call before a run writes there)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(f"{TEMP_PREFIX}*.tmp*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:
