@@ -248,8 +248,8 @@ def bad_inputs_then_paint(page, server, inputs):
     status(page, "run-status", "Done", before)
     got = masks_in_zip(result_files(page)[f"{video.stem}_masks.zip"])
     painted = got[0]
-    assert set(np.unique(painted)) == {0, 1, 3}
-    assert painted[H // 2, W // 2] == 1 and painted[0, 0] == 0  # the stroke (kept under GrabCut), centred
+    assert set(np.unique(painted)) <= {0, 1, 3}
+    assert painted[H // 2, W // 2] == 1  # the stroke across the centre, kept when GrabCut added its object
     assert painted[13, 15] == 3 and (painted == 3).sum() >= 0.7 * 14 * 18  # GrabCut found the red box
     expected = reference_masks(load_network(server["ckpt"]), video, painted, max_long_edge=None)
     assert all(np.array_equal(a, b) for a, b in zip(got, expected))
