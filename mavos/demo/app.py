@@ -19,6 +19,7 @@ import gradio as gr
 
 from mavos.checkpoints.loading import CheckpointError
 from mavos.data.records import DatasetError
+from mavos.errors import MavosError
 from mavos.demo import masks as mask_tools
 from mavos.demo.jobs import JobBoard, JobCancelled, RunRequest, run_job
 from mavos.demo.measure import memory_label
@@ -33,7 +34,7 @@ AS_TRAINED = "as trained"
 OWN_GAP = "own (mca 10, bank 5)"
 BOX_IMAGE_WIDTH = 320  # pixels the GrabCut image is shown at, at least
 ID_BANK = 10  # objects per group of every model config; the run itself asks the network
-EXPECTED = (InputError, CheckpointError, ConfigError, DatasetError)
+EXPECTED = (MavosError, InputError, CheckpointError, ConfigError, DatasetError)  # messages a user can act on
 
 INTRO = """# MAVOS: segment your own video
 Give the objects in the first frame; the model follows them through the video. MAVOS keeps a long-term memory

@@ -15,11 +15,12 @@ import numpy as np
 from mavos.data.io import read_frame, read_mask
 from mavos.data.records import DatasetError
 from mavos.data.video_file import read_video_frames
+from mavos.errors import MavosError
 
 DEFAULT_FPS = 24.0
 
 
-class InputError(ValueError):
+class InputError(MavosError, ValueError):
     """Something the user gave that the demo cannot use; the message is shown in the page as it is."""
 
 
