@@ -86,7 +86,7 @@ def test_mca_value_layouts_differ_only_in_value_arrangement():
 
 def _layer_memory(n, value=0.0):
     t = lambda c: torch.full((1, n, c), value)  # noqa: E731
-    return [LayerMemory(t(128), t(512), t(512)) for _ in range(3)]
+    return [LayerMemory(t(128), t(1024)) for _ in range(3)]
 
 
 def test_memory_policies_slot_counts():
@@ -103,18 +103,20 @@ def test_memory_policies_slot_counts():
     # FIFO keeps the reference and the two most recent frames
     fifo_values = [float(s.key[0, 0, 0]) for s in states[fifo].slots[0]]
     assert fifo_values == [0.0, 4.0, 5.0]
-    # MCA's reference slot is never overwritten
-    assert torch.equal(states[mca].slots[0][0].key, ref[0].key)
+    # MCA's memory is [recurrent, reference]; the reference slot is never overwritten
+    assert torch.equal(states[mca].slots[0][1].key, ref[0].key)
 
 
 def test_mca_first_write_is_the_new_frame_then_fused():
     ref, first, second = _layer_memory(6, 0.0), _layer_memory(6, 1.0), _layer_memory(6, 2.0)
     mca = MCAMemory().eval()
     s = mca.write(mca.init(ref), first, (2, 3))
-    assert torch.equal(s.slots[0][1].key, first[0].key)
+    assert torch.equal(s.slots[0][0].key, first[0].key)
     s2 = mca.write(s, second, (2, 3))
     expected = mca.fusers[0]["key"](second[0].key, first[0].key, (2, 3))
-    assert torch.allclose(s2.slots[0][1].key, expected)
+    assert torch.allclose(s2.slots[0][0].key, expected)
+    expected_id = mca.fusers[0]["id_value"](second[0].id_value, first[0].id_value, (2, 3))
+    assert torch.allclose(s2.slots[0][0].id_value, expected_id)
 
 
 @pytest.mark.parametrize("memory,slots", [("mca", 2), ("bank", 1 + 49 // 5)])
