@@ -95,11 +95,12 @@ class CompiledFrameStep(FrameStep):
     compiler does not support) gives one warning and eager execution from then on, never an error.
     """
 
-    def __init__(self, net: VOSNetwork, device: torch.device, mode: str | None = None):
+    def __init__(self, net: VOSNetwork, device: torch.device, mode: str | None = None, backend: str = "inductor"):
         super().__init__(net)
         self.device = device
+        self.backend = backend
         self.mode = mode if mode is not None else ("reduce-overhead" if device.type == "cuda" else "default")
-        self.cudagraphs = device.type == "cuda" and self.mode == "reduce-overhead"
+        self.cudagraphs = device.type == "cuda" and self.mode == "reduce-overhead" and backend == "inductor"
         self.disabled: str | None = None
         if net.memory.fixed_slots is None:
             self.disabled = (f"session.compile needs a fixed-size memory (MCA); {type(net.memory).__name__} grows "
@@ -136,7 +137,8 @@ class CompiledFrameStep(FrameStep):
             return fn(*args)
         compiled = self._compiled.get(name)
         if compiled is None:
-            compiled = self._compiled[name] = torch.compile(fn, mode=self.mode, dynamic=False)
+            options = {"mode": self.mode} if self.backend == "inductor" else {}
+            compiled = self._compiled[name] = torch.compile(fn, backend=self.backend, dynamic=False, **options)
         try:
             if self.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
@@ -148,20 +150,23 @@ class CompiledFrameStep(FrameStep):
                           stacklevel=3)
             return fn(*args)
 
+    def _eager(self) -> bool:
+        return self.disabled is not None or self.net.training
+
     def encode(self, frames: torch.Tensor) -> EncodedFrame:
-        if self.net.training:
+        if self._eager():
             return super().encode(frames)
         tokens, skips, size = self._run("encode", self._encode_fn, frames)
         return EncodedFrame(list(skips), tokens, tuple(size))
 
     def propagate(self, frame, long_term, short_term, keep):
-        if self.net.training or long_term[0].key.shape[1] != self._full(frame.size):
+        if self._eager() or long_term[0].key.shape[1] != self._full(frame.size):
             return super().propagate(frame, long_term, short_term, keep)
         return self._run("propagate", self._propagate_fn, frame.tokens, frame.skips, frame.size, long_term,
                          short_term, keep)
 
     def memorize(self, pending, one_hot, size, long_term, write):
-        if self.net.training:
+        if self._eager():
             return super().memorize(pending, one_hot, size, long_term, write)
         if not write:
             return self._run("memorize", self._memorize_fn, pending, one_hot, size), long_term
