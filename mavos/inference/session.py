@@ -153,14 +153,15 @@ class InferenceSession:
             small = F.interpolate(label[None, None].float(), size=self.input_size, mode="nearest")[:, 0].long()
         if view == 1:
             small = small.flip(-1)
+        # Each group's one-hot holds its 1 + n used identities only (the ID bank skips the absent ones).
         sizes = self._group_sizes()
         if len(sizes) == 1:
-            return [ids_to_one_hot(small, self.group_size)]
+            return [ids_to_one_hot(small, sizes[0])]
         out = []
         for g, n in enumerate(sizes):
             lo = g * self.group_size
             local = torch.where((small > lo) & (small <= lo + n), small - lo, torch.zeros_like(small))
-            out.append(ids_to_one_hot(local, self.group_size))
+            out.append(ids_to_one_hot(local, n))
         return out
 
     def _reference(self, inputs: torch.Tensor, label: torch.Tensor) -> None:

@@ -85,7 +85,8 @@ class ObjectTracker:
     def reference(self, frame: EncodedFrame, one_hot: torch.Tensor, frame_index: int | None = None) -> torch.Tensor:
         """Add a reference frame with its mask (the first frame, or a frame where new objects appear).
 
-        one_hot: (B, 1 + max_objects, H, W) at the network's input resolution. Returns stride-4 logits.
+        one_hot: (B, 1 + max_objects, H, W) at the network's input resolution (or only the first 1 + n channels
+        when the objects use ids 1..n). Returns stride-4 logits.
         """
         self.frame_index = self.frame_index + 1 if frame_index is None else frame_index
         self.size = frame.size

@@ -38,13 +38,15 @@ def tokens_to_map(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, H*W, C) row-major tokens -> (B, C, H, W) map.
 
     For contiguous tokens this is a view in channels-last layout (no copy), and convolutions on it run
-    channels-last, which is the fast layout for the depthwise and 1x1 convolutions over token maps.
+    channels-last and return channels-last maps (tokens again, see ``map_to_tokens``): the fast layout for the
+    depthwise and 1x1 convolutions over token maps. (A transpose-then-reshape view would have a batch stride
+    that the CPU convolution does not recognise as channels-last, and it would convert layouts twice.)
     """
     b, n, c = tokens.shape
     h, w = size
     if n != h * w:
         raise ValueError(f"{n} tokens do not form a {h}x{w} map")
-    return tokens.transpose(1, 2).reshape(b, c, h, w)
+    return tokens.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:

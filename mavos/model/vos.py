@@ -84,8 +84,9 @@ class VOSNetwork(nn.Module):
         return EncodedFrame(list(feats[:3]), map_to_tokens(top), (top.shape[-2], top.shape[-1]))
 
     def identity(self, one_hot: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(B, 1 + max_objects, H, W) one-hot / probabilities -> (B, HW, d) identity tokens."""
-        if one_hot.shape[1] != self.max_objects + 1:
+        """(B, 1 + max_objects, H, W) one-hot / probabilities -> (B, HW, d) identity tokens. Fewer channels
+        (1 + n, n < max_objects) mean identities n+1.. are absent: the ID bank then skips their zeros."""
+        if not 1 <= one_hot.shape[1] <= self.max_objects + 1:
             raise ValueError(f"identity mask has {one_hot.shape[1]} channels; the ID bank holds "
                              f"{self.max_objects} objects + background")
         emb = self.id_bank(one_hot)
