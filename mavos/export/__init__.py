@@ -63,6 +63,13 @@ def export_steps(net: VOSNetwork, size: tuple[int, int], out_dir: str | Path, fo
     """Write the three graphs and the manifest to ``out_dir``; returns the manifest."""
     if format not in FORMATS:
         raise ExportError(f"format={format!r}: choose one of {', '.join(FORMATS)}")
+    if format == "onnx":
+        import importlib.util
+
+        missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ExportError(f"format=onnx needs the {' and '.join(missing)} package(s): pip install "
+                              f"'mavos[export]' (or format=torch_export, which needs nothing more)")
     size = (int(size[0]), int(size[1]))
     check_exportable(net, size)
     net = inference_network(net.cpu())
