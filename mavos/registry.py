@@ -12,10 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mavos.errors import MavosError
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-class ConfigError(ValueError):
+class ConfigError(MavosError, ValueError):
     """A config key or value that cannot work; the message names the key (and file where there is one)."""
 
 

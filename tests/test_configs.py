@@ -102,4 +102,4 @@ def test_callback_configs_instantiate(callbacks):
     made = instantiate_group(cfg.get("callbacks"))
     assert len(made) == len([c for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c])
     if callbacks == "ema":
-        assert any(type(c).__name__ == "EMAWeightAveraging" for c in made)
+        assert any(type(c).__name__ == "RecipeEMA" for c in made)

@@ -16,6 +16,7 @@ import torch
 from mavos.checkpoints.convert import convert_official_state_dict, fit_to_model
 from mavos.checkpoints.loading import NETWORK_KEY, CheckpointError, network_record
 from mavos.data.io import atomic_save
+from mavos.errors import MavosError
 from mavos.registry import ConfigError, model_names
 
 
@@ -94,8 +95,22 @@ def parse_options(items: list[str]) -> dict[str, str]:
     return options
 
 
+HELP = """Convert a checkpoint of the authors' code (Amshaker/MAVOS, or aot-benchmark for DeAOT) into one that
+evaluate.py, train.py init_from=, VideoPredictor and the demo load. Every tensor is mapped by name and checked
+against the network of the model config (conf/model/NAME.yaml); the output stores that network's config, so
+it loads without being told the model again. Keys that map nowhere are listed; a tensor of the wrong shape, or
+a checkpoint of another model, is refused naming the file.
+
+Example:
+  python -m mavos.checkpoints convert MAVOS_mbv2.pth weights/mavos_mbv2.ckpt model=mavos_mbv2
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(HELP + "\n" + usage())
+        return 0
     if len(argv) < 3 or argv[0] != "convert":
         print(usage(), file=sys.stderr)
         return 2
@@ -109,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     unsafe = options.get("unsafe_load", "false").lower() in ("1", "true", "yes")
     try:
         report = convert_checkpoint_file(src, dst, options["model"], unsafe_load=unsafe)
-    except CheckpointError as e:
+    except MavosError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{src} -> {dst}: {report.model}, {report.tensors} tensors, {report.parameters:,} parameters")

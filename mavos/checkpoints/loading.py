@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mavos.errors import MavosError
+
 NETWORK_KEY = "mavos_network"
 
 # Network settings that do not change what a trained network computes at test time: training-only
@@ -24,7 +26,7 @@ TRAINING_ONLY_KEYS = ("encoder.weights", "encoder.frozen_bn", "encoder.freeze_at
                       "lst_dropout", "id_dropout", "memory.drop_path", "memory.train_gap")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MavosError, RuntimeError):
     """A checkpoint that is missing, unreadable, or does not fit the model; names the file."""
 
 
@@ -139,17 +141,38 @@ def load_network(path: str | Path, model: str | None = None, overrides: tuple[st
     ``model`` / ``overrides`` given for a checkpoint that stores its config must agree with it (see
     ``resolve_network_config``). Returns the network in eval mode, on the CPU.
     """
-    from mavos.registry import build_network, network_config
+    from mavos.registry import network_config
 
     ckpt = read_checkpoint(path)
     requested = network_config(model or "mavos_mbv2", overrides) if (model or overrides) else None
     config, _ = resolve_network_config(path, ckpt, requested, model)
-    try:
-        net = build_network(config)
-    except Exception as e:
-        raise CheckpointError(f"{path}: its stored network config cannot be built: {e}") from e
+    net = build_checkpoint_network(path, config)
     load_state(net, network_state(ckpt, path), path)
     return net.eval()
+
+
+def build_checkpoint_network(path: str | Path, config: Mapping[str, Any]):
+    """Build the network a checkpoint's config describes; a config that cannot be built names the file and key."""
+    from mavos.registry import build_network
+
+    try:
+        return build_network(config)
+    except Exception as e:
+        targets = {k: v for k, v in _flatten(config).items() if k.endswith("_target_")}
+        bad = [f"{k}={v}" for k, v in targets.items() if not _importable(str(v))]
+        where = f" (unknown {', '.join(bad)})" if bad else ""
+        raise CheckpointError(f"{path}: the network config stored in {NETWORK_KEY!r} cannot be built{where}: "
+                              f"{str(e).splitlines()[0][:300]}") from e
+
+
+def _importable(target: str) -> bool:
+    import importlib
+
+    module, _, name = target.rpartition(".")
+    try:
+        return hasattr(importlib.import_module(module), name)
+    except Exception:
+        return False
 
 
 def load_network_weights(net: nn.Module, path: str | Path) -> None:

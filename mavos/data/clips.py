@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 from mavos.data.io import read_frame, read_mask
 from mavos.data.records import DatasetError, VideoRecord
 
-VOID_ID = 255  # "don't care" pixels in DAVIS masks; treated as background for training
+VOID_ID = 255  # "don't care" pixels in DAVIS masks: kept in training masks, where the loss ignores them
+_VOID_WHILE_MERGING = -1  # void while clips are relabelled and merged (ids may then pass 255)
 
 
 @dataclass
@@ -158,9 +159,10 @@ def _has_object(mask: np.ndarray) -> bool:
 
 
 def _compact(mask: np.ndarray, offset: int = 0) -> tuple[np.ndarray, int]:
-    """Relabel the objects of a clip's masks to offset+1..offset+n (void -> 0); return (masks, n)."""
+    """Relabel the objects of a clip's masks to offset+1..offset+n (void -> -1); return (masks, n)."""
     ids = [int(v) for v in np.unique(mask) if v != 0 and v != VOID_ID]
     lut = np.zeros(256, np.int64)
+    lut[VOID_ID] = _VOID_WHILE_MERGING
     for k, v in enumerate(ids, start=1):
         lut[v] = offset + k
     return lut[mask], len(ids)
@@ -275,9 +277,8 @@ class ClipDataset(Dataset):
 
     def _augment(self, frames: list[np.ndarray], masks: np.ndarray, name: str, rng: np.random.Generator
                  ) -> dict[str, Any] | None:
-        if masks.max() > 255:
-            masks = np.where(masks > 255, 0, masks)  # more objects than a uint8 holds: drop the excess
-        masks = masks.astype(np.uint8)
+        masks = np.where(masks >= VOID_ID, 0, masks)  # more objects than a uint8 holds: drop the excess
+        masks = np.where(masks == _VOID_WHILE_MERGING, VOID_ID, masks).astype(np.uint8)
         self.transform.set_random_seed(int(rng.integers(0, 2**31 - 1)))
         data: dict[str, np.ndarray] = {"image": frames[0], "mask": masks[0]}
         for t in range(1, len(frames)):
@@ -288,7 +289,7 @@ class ClipDataset(Dataset):
         masks_out = np.stack([out["mask"]] + [out[f"mask{t}"] for t in range(1, len(frames))])
 
         counts = np.bincount(masks_out[0].ravel(), minlength=256)
-        kept = [i for i in range(1, 256) if counts[i] >= max(1, self.cfg.min_object_pixels)]
+        kept = [i for i in range(1, VOID_ID) if counts[i] >= max(1, self.cfg.min_object_pixels)]
         if not kept:
             return None
         if len(kept) > self.cfg.max_objects:
@@ -296,6 +297,7 @@ class ClipDataset(Dataset):
         new_ids = rng.permutation(len(kept)) + 1 if self.cfg.shuffle_ids else np.arange(1, len(kept) + 1)
         lut = np.zeros(256, np.int64)
         lut[kept] = new_ids
+        lut[VOID_ID] = VOID_ID  # the loss ignores void; memory masks read it as background
         return {
             "frames": torch.from_numpy(frames_out).permute(0, 3, 1, 2).float().div_(255.0),
             "masks": torch.from_numpy(lut[masks_out]),

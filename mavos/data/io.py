@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ def davis_palette() -> np.ndarray:
 
 
 _PALETTE = davis_palette()
+TEMP_PREFIX = "."  # temporary files of atomic_save: .<name>.<pid>-<token>.tmp<suffix>
 
 
 def read_frame(path: str | Path) -> np.ndarray:
@@ -69,18 +70,68 @@ def read_mask(path: str | Path) -> np.ndarray:
     return ids[inv].reshape(code.shape)
 
 
+def read_user_mask(path: str | Path) -> np.ndarray:
+    """A mask a person made for their own video: object ids, with binary masks read as one object.
+
+    Palette PNGs hold ids (255 = void, as in DAVIS). A greyscale / RGB mask whose only values are 0 and 255 (the
+    most common kind: a binary mask from an editor or a segmentation tool) is object 1 where it is 255.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            palette = img.mode == "P"
+    except FileNotFoundError as e:
+        raise DatasetError(f"{path}: mask does not exist") from e
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read mask ({e})") from e
+    if not palette:
+        try:
+            with Image.open(path) as img:
+                grey = np.asarray(img.convert("L"), dtype=np.uint8)
+        except Exception as e:
+            raise DatasetError(f"{path}: cannot read mask ({e})") from e
+        values = np.unique(grey)
+        if values.size and set(values.tolist()) <= {0, 255} and values[-1] == 255:
+            return (grey == 255).astype(np.uint8)
+    return read_mask(path)
+
+
+def is_binary_mask_file(path: str | Path) -> bool:
+    """Whether ``read_user_mask`` reads ``path`` as a 0/255 binary mask (one object)."""
+    with Image.open(path) as img:
+        if img.mode == "P":
+            return False
+        values = np.unique(np.asarray(img.convert("L"), dtype=np.uint8)).tolist()
+    return bool(values) and set(values) <= {0, 255} and values[-1] == 255
+
+
 def atomic_save(save_fn, path: str | Path) -> None:
-    """Write through ``save_fn(tmp_path)`` then rename, so a crash never leaves a half-written file."""
+    """Write through ``save_fn(tmp_path)`` then rename, so a crash never leaves a half-written file.
+
+    The temporary file lives beside the destination (same file system, so the rename is atomic, and a killed
+    writer leaves nothing in the system temp folder) and is created with the user's umask, like any file.
+    Its name starts with a dot and keeps the destination's suffix (writers pick formats by suffix).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}"
     try:
-        save_fn(tmp)
+        save_fn(str(tmp))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete temporary files a killed ``atomic_save`` left in ``folder`` (call before a run writes there)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(f"{TEMP_PREFIX}*.tmp*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:

@@ -104,15 +104,19 @@ def missing_root(dataset: str, root: Path, tree: str, default: str) -> DatasetEr
     )
 
 
-def first_appearances(annotations: dict[int, Path]) -> dict[int, int]:
-    """Object id -> first annotated frame whose mask holds it, reading masks in temporal order (255 = void)."""
+def first_appearances(annotations: dict[int, Path], read=None) -> dict[int, int]:
+    """Object id -> first annotated frame whose mask holds it, reading masks in temporal order (255 = void).
+
+    read: the mask reader (default ``read_mask``; user videos use ``read_user_mask``).
+    """
     import numpy as np
 
     from mavos.data.io import read_mask
 
+    read = read or read_mask
     first: dict[int, int] = {}
     for index in sorted(annotations):
-        for obj_id in np.unique(read_mask(annotations[index])):
+        for obj_id in np.unique(read(annotations[index])):
             if 0 < obj_id < 255 and int(obj_id) not in first:
                 first[int(obj_id)] = index
     return first

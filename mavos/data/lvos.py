@@ -25,6 +25,7 @@ from mavos.data.listing import (
     list_subfolders,
     missing_root,
     read_json,
+    read_lines,
 )
 from mavos.data.records import DatasetError, VideoRecord
 
@@ -67,6 +68,7 @@ class LVOSReader:
         first_appearance_only: bool | None = None,
         meta_file: str | None = None,
         dense_annotations: str = "Annotations",
+        unseen_videos: str | Path | None = None,
     ):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -80,6 +82,7 @@ class LVOSReader:
         )
         self.meta_file = meta_file or ("valid_meta.json" if split == "val" else f"{split}_meta.json")
         self.dense_annotations = dense_annotations
+        self.unseen_videos = unseen_videos
         self.name = f"lvos_{split}"
 
     def videos(self) -> list[VideoRecord]:
@@ -94,10 +97,24 @@ class LVOSReader:
                 raise DatasetError(f"{meta_path}: expected a top-level 'videos' object")
         dense_root = split_path / self.dense_annotations
         use_dense_gt = self.first_appearance_only and dense_root.is_dir()
-        return [
+        unseen = self._unseen()
+        records = [
             self._video(split_path, vid, meta_videos.get(vid), meta_path, dense_root if use_dense_gt else None)
             for vid in list_subfolders(split_path / self.frames_dir, "LVOS frames")
         ]
+        for record in records:
+            record.meta["unseen"] = record.name in unseen
+        return records
+
+    def _unseen(self) -> set[str]:
+        """Videos of unseen categories (lvos-evaluation's ``unseen_videos.txt``), for the seen/unseen split."""
+        if self.unseen_videos in (None, ""):
+            return set()
+        path = Path(self.unseen_videos)
+        if not path.is_file():
+            raise DatasetError(f"{path}: LVOS scoring needs lvos-evaluation's unseen_videos.txt (set "
+                               f"data.unseen_videos=... to its path)")
+        return set(read_lines(path, "LVOS unseen-video list"))
 
     def _video(
         self, split_path: Path, vid: str, meta: dict | None, meta_path: Path, dense_root: Path | None
@@ -167,7 +184,7 @@ def _frame_ranges(meta: dict, meta_path: Path, vid: str) -> dict[int, dict[str, 
             ranges[int(key)] = {k: int(rng[k]) for k in ("start", "end", "frame_nums")}
         except (KeyError, TypeError, ValueError) as e:
             raise DatasetError(f"{meta_path}: video '{vid}' object {key!r} has a malformed frame_range ({e})") from e
-    return dict(sorted(ranges.items()))
+    return ranges  # meta order: the toolkit numbers an object's row by its position there
 
 
 def _index_by_number(names: list[str], frames_dir: Path) -> dict[int, int]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mavos.errors import MavosError
 
-class DatasetError(RuntimeError):
+
+class DatasetError(MavosError, RuntimeError):
     """Bad or missing data: the message names the file or folder and what is wrong."""
 
 
@@ -42,3 +44,40 @@ class VideoRecord:
     @property
     def object_ids(self) -> list[int]:
         return sorted(self.object_first_frame)
+
+
+def truncate_record(record: VideoRecord, max_frames: int | None) -> VideoRecord:
+    """The first ``max_frames`` frames of a video (bounded validation); the record itself when it is shorter."""
+    if max_frames is None or len(record) <= max_frames:
+        return record
+    n = int(max_frames)
+    if n < 2:
+        raise ValueError(f"max_frames must be at least 2 (a first frame and one to segment), got {n}")
+    keep = lambda d: None if d is None else {i: p for i, p in d.items() if i < n}  # noqa: E731
+    annotations = keep(record.annotations)
+    return VideoRecord(
+        name=record.name, frames=record.frames[:n], frame_names=record.frame_names[:n], annotations=annotations,
+        object_first_frame={o: f for o, f in record.object_first_frame.items() if f < n},
+        scored_frames=None if record.scored_frames is None else [i for i in record.scored_frames if i < n],
+        gt_annotations=keep(record.gt_annotations), meta={**record.meta, "truncated_from": len(record)})
+
+
+def select_videos(records: list[VideoRecord], videos=None, max_frames: int | None = None,
+                  source: str = "the val split") -> list[VideoRecord]:
+    """A bounded subset: ``videos`` = None (all), a count (the first N) or a list of names; each cut to
+    ``max_frames``. A name that is not in ``records`` is an error naming it and where it was looked for."""
+    if videos is None or videos == "all":
+        chosen = list(records)
+    elif isinstance(videos, int) and not isinstance(videos, bool):
+        if videos < 0:
+            raise ValueError(f"the number of videos must be >= 0, got {videos}")
+        chosen = list(records[:videos])
+    else:
+        names = [str(v) for v in videos]
+        by_name = {r.name: r for r in records}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            shown = ", ".join(sorted(by_name)[:10]) + (" ..." if len(by_name) > 10 else "")
+            raise DatasetError(f"{source}: no video named {', '.join(map(repr, unknown))} (it holds {shown})")
+        chosen = [by_name[n] for n in names]
+    return [truncate_record(r, max_frames) for r in chosen]

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from mavos.data.io import atomic_save, write_frame
+from mavos.data.io import atomic_save, is_binary_mask_file, read_user_mask, write_frame
 from mavos.data.listing import (
     first_appearances,
     FRAME_EXTENSIONS,
@@ -31,6 +32,7 @@ from mavos.data.listing import (
 from mavos.data.records import DatasetError, VideoRecord
 
 _MARKER = ".complete"
+log = logging.getLogger(__name__)
 
 
 def read_video_frames(path: str | Path, backend: str = "auto") -> Iterator[np.ndarray]:
@@ -100,6 +102,13 @@ def _pyav_frames(path: Path) -> Iterator[np.ndarray]:
 
 
 
+def _note_binary(annotations: dict[int, Path]) -> None:
+    """Say so when a 0/255 binary mask is read as one object (the rule of ``read_user_mask``)."""
+    for path in annotations.values():
+        if is_binary_mask_file(path):
+            log.info("%s: a binary 0/255 mask, read as one object (id 1)", path)
+
+
 class VideoFileReader:
     """One video file with the mask of its first frame, as a single VideoRecord.
 
@@ -164,9 +173,11 @@ class VideoFileReader:
         frames = self.decode()
         check_same_size(self.mask_path, frames[0])
         annotations = {0: self.mask_path}
-        first = first_appearances(annotations)
+        first = first_appearances(annotations, read=read_user_mask)
         if not first:
-            raise DatasetError(f"{self.mask_path}: first-frame mask holds no object (all pixels are 0 or 255)")
+            raise DatasetError(f"{self.mask_path}: first-frame mask holds no object (all pixels are 0, or 255 in a "
+                               f"palette PNG, where 255 means void)")
+        _note_binary(annotations)
         return [
             VideoRecord(
                 name=self.name,
@@ -174,7 +185,8 @@ class VideoFileReader:
                 frame_names=[f.stem for f in frames],
                 annotations=annotations,
                 object_first_frame=first,
-                meta={"dataset": "video", "dense": False, "start_frame": 0, "source": str(self.video_path)},
+                meta={"dataset": "video", "dense": False, "start_frame": 0, "source": str(self.video_path),
+                      "user_masks": True},
             )
         ]
 
@@ -203,9 +215,11 @@ class FrameFolderReader:
             raise DatasetError(f"{self.masks_dir}: no mask PNGs")
         for index, mask in annotations.items():
             check_same_size(mask, frames[index])
-        first = first_appearances(annotations)
+        first = first_appearances(annotations, read=read_user_mask)
         if not first:
-            raise DatasetError(f"{self.masks_dir}: the masks hold no object (all pixels are 0 or 255)")
+            raise DatasetError(f"{self.masks_dir}: the masks hold no object (all pixels are 0, or 255 in palette "
+                               f"PNGs, where 255 means void)")
+        _note_binary(annotations)
         start = min(annotations)
         return [
             VideoRecord(
@@ -215,6 +229,6 @@ class FrameFolderReader:
                 annotations=annotations,
                 object_first_frame=first,
                 scored_frames=list(range(start, len(frames))),
-                meta={"dataset": "frames", "dense": False, "start_frame": start},
+                meta={"dataset": "frames", "dense": False, "start_frame": start, "user_masks": True},
             )
         ]

@@ -1,13 +1,24 @@
-"""Stream each video through an ``InferenceSession``: write palette PNGs, score J&F, time every frame.
+"""Segment one video as the benchmarks define it: the one per-video function of evaluation and validation.
 
-Results go to ``<results_dir>/<video>/<frame>.png`` (the DAVIS / YouTube-VOS results layout). Frame 0 is
-excluded from timing, as in the paper; peak memory is the CUDA allocator's peak on GPU, the process's
-peak RSS on CPU.
+``segment_video`` streams a ``VideoRecord`` through an ``InferenceSession`` (first annotated frame, objects
+added mid-video, the memory's test gap, 16k+1 sizing, groups of objects) and scores it with the protocol's
+``VideoScorer`` as the frames come. evaluate.py calls it for every benchmark video (writing palette PNGs);
+the training loop's validation calls it for the val subset (no files), so a J&F in a dashboard and a J&F
+from evaluate.py are the same number.
+
+It is a pipeline, so the model is the only thing on the critical path: a thread decodes frames ahead into a
+bounded queue, and a background worker writes PNGs and scores frames behind the model. The timed region is
+the model alone (CUDA events on a GPU, as the paper times it; frame 0 excluded); the wall time of the whole
+video is kept beside it, so model FPS and end-to-end FPS can both be reported.
 """
 from __future__ import annotations
 
+import queue
 import resource
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,24 +26,37 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mavos.data.io import read_frame, read_mask, write_mask
+from mavos.data.io import read_frame, read_mask, read_user_mask, write_mask
 from mavos.data.records import DatasetError, VideoRecord
-from mavos.evaluation.scoring import VideoScores, scored_gt_frames
 from mavos.inference.session import InferenceSession
-from mavos.metrics.jf import JFMetric
+from mavos.metrics.protocols import ScorePlan, VideoScorer, plan_for_record, read_ground_truth
 from mavos.model.vos import VOSNetwork
+
+PREFETCH_FRAMES = 8      # frames decoded ahead of the model
+PENDING_WRITES = 16      # frames waiting to be written / scored before the model waits for them
+
+# (frame index, (H, W, 3) uint8 frame, (H, W) uint8 predicted ids) of a frame the hook asked for
+FrameHook = Callable[[int, np.ndarray, np.ndarray], None]
 
 
 @dataclass
-class VideoSpeed:
+class VideoResult:
+    """What one segmented video gives: its scores, its speed, its memory."""
+
     video: str
-    frames: int
-    seconds: float          # propagation time of frames 1..T-1
+    frames: int              # frames the model processed, the first (reference) frame included
+    model_seconds: float     # model time of frames 1.. (frame 0 excluded)
+    wall_seconds: float      # end-to-end time of the whole video (decoding, writing, scoring included)
     peak_memory_mb: float
+    scorer: VideoScorer | None = None
 
     @property
     def fps(self) -> float:
-        return (self.frames - 1) / self.seconds if self.seconds > 0 else float("nan")
+        return (self.frames - 1) / self.model_seconds if self.model_seconds > 0 else float("nan")
+
+    @property
+    def wall_fps(self) -> float:
+        return self.frames / self.wall_seconds if self.wall_seconds > 0 else float("nan")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -41,20 +65,10 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def load_annotation(record: VideoRecord, path) -> np.ndarray:
-    """Read an annotation; single-object benchmarks (LTV) binarise labels (any id > 0 -> 1)."""
-    mask = read_mask(path)
+def read_annotation(record: VideoRecord, path) -> np.ndarray:
+    """An annotation as the model gets it: single-object benchmarks (LTV) binarise; user masks may be 0/255."""
+    mask = read_user_mask(path) if record.meta.get("user_masks") else read_mask(path)
     return (mask > 0).astype(np.uint8) if record.meta.get("binarize") else mask
-
-
-def object_ids_to_score(record: VideoRecord) -> list[int]:
-    """DAVIS: objects 1..max id of the first annotation (missing ids score as zero-padded objects)."""
-    return list(range(1, max(record.object_ids) + 1)) if record.object_ids else []
 
 
 def new_objects_mask(record: VideoRecord, index: int, seen: set[int]) -> np.ndarray | None:
@@ -65,84 +79,165 @@ def new_objects_mask(record: VideoRecord, index: int, seen: set[int]) -> np.ndar
     new_ids = [o for o, first in record.object_first_frame.items() if first == index and o not in seen]
     if not new_ids:
         return None
-    mask = load_annotation(record, path)
+    mask = read_annotation(record, path)
     mask = np.where(np.isin(mask, new_ids), mask, 0)
     return mask if mask.any() else None
 
 
-def run_video(net: VOSNetwork, record: VideoRecord, results_dir: Path | None, metric: JFMetric | None,
-              session_kwargs: dict, exclude_last: bool = True, progress: bool = True) -> VideoSpeed:
-    """Segment one video; write its scored frames; add its scores to ``metric``; return its speed."""
+def start_frame(record: VideoRecord) -> int:
+    """The first frame the model sees (the first annotated one; LVOS and YouTube-VOS start later)."""
+    start = min(record.annotations) if record.annotations else 0
+    return int(record.meta.get("start_frame", start))
+
+
+class _Prefetcher:
+    """Decode frames ahead of the model in a thread; errors surface (naming the file) when their frame is taken."""
+
+    def __init__(self, record: VideoRecord, indices: range, depth: int = PREFETCH_FRAMES):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(record, indices), daemon=True)
+        self.thread.start()
+
+    def _run(self, record: VideoRecord, indices: range) -> None:
+        for i in indices:
+            try:
+                item = (i, read_frame(record.frames[i]), None)
+            except Exception as e:  # handed to the consumer, which raises it in order
+                item = (i, None, e)
+            while not self.stop.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if self.stop.is_set() or item[2] is not None:
+                return
+
+    def get(self) -> tuple[int, np.ndarray]:
+        i, frame, error = self.queue.get()
+        if error is not None:
+            raise error
+        return i, frame
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+class _ModelTimer:
+    """Model time per frame: CUDA events on a GPU (no host sync per frame), the wall clock on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.events: list[tuple] = []
+        self.seconds = 0.0
+
+    def start(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def stop(self, started) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.events.append((started, end))
+        else:
+            self.seconds += time.perf_counter() - started
+
+    def total(self) -> float:
+        if self.cuda and self.events:
+            self.events[-1][1].synchronize()
+            return self.seconds + sum(a.elapsed_time(b) for a, b in self.events) / 1000.0
+        return self.seconds
+
+
+def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davis", session_kwargs: dict | None = None,
+                  results_dir: str | Path | None = None, plan: ScorePlan | None = None,
+                  frame_hook: FrameHook | None = None, hook_frames: set[int] | None = None,
+                  progress: bool = True) -> VideoResult:
+    """Segment and score one video; write its result PNGs into ``results_dir/<video>/`` when given.
+
+    protocol: how frames are scored (``davis`` / ``ltv`` / ``lvos``; ``none`` scores nothing). ``plan``
+    overrides the protocol's plan. ``frame_hook`` receives the frames of ``hook_frames`` with their prediction
+    (validation panels).
+    """
     device = next(net.parameters()).device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    session = InferenceSession(net, device=device, **session_kwargs)
-    gt_frames = set(scored_gt_frames(record, exclude_last)) if metric is not None else set()
-    gt = record.gt_annotations or record.annotations
-    scores = VideoScores(object_ids_to_score(record))
-    write = set(range(len(record))) if record.scored_frames is None else set(record.scored_frames)
-    start = min(record.annotations) if record.annotations else 0
-    start = int(record.meta.get("start_frame", start))
+    wall_start = time.perf_counter()
+    session = InferenceSession(net, device=device, **(session_kwargs or {}))
+    plan = plan if plan is not None else plan_for_record(record, protocol)
+    scorer = VideoScorer(plan) if plan is not None else None
+    write = None
+    if results_dir is not None:
+        write = set(range(len(record))) if record.scored_frames is None else set(record.scored_frames)
+    start = start_frame(record)
     seen: set[int] = set()
-    elapsed, timed = 0.0, 0
-    bar = tqdm(range(len(record)), desc=record.name, leave=False, disable=not progress, unit="frame")
-    for i in bar:
-        frame = read_frame(record.frames[i])
-        if i < start or (not seen and i not in record.annotations):
-            label = np.zeros(frame.shape[:2], dtype=np.uint8)
-        else:
-            new = new_objects_mask(record, i, seen)
-            if new is not None and new.shape != frame.shape[:2]:
-                raise DatasetError(f"{record.annotations[i]}: mask is {new.shape[0]}x{new.shape[1]} but frame "
-                                   f"{record.frames[i]} is {frame.shape[0]}x{frame.shape[1]}")
-            if not seen:
-                if new is None:
-                    raise DatasetError(f"{record.annotations.get(i)}: first annotation of '{record.name}' holds no object")
-                probs = session.add_objects(frame, new)
-            else:
-                _sync(device)
-                t0 = time.perf_counter()
-                probs = session.step(frame, new)
-                _sync(device)
-                elapsed += time.perf_counter() - t0
-                timed += 1
-            if new is not None:
-                seen.update(int(o) for o in np.unique(new) if o)
-            label = probs.argmax(0).to(torch.uint8).cpu().numpy()
-        if results_dir is not None and i in write:
-            write_mask(results_dir / record.name / f"{record.frame_names[i]}.png", label)
-        if i in gt_frames:
-            scores.add(label, load_annotation(record, gt[i]))
-    if metric is not None and scores.object_ids:
-        metric.add_object_scores(*scores.rows(), video=record.name, object_ids=scores.object_ids)
-    return VideoSpeed(record.name, timed + 1, elapsed, peak_memory_mb(device))
+    timer = _ModelTimer(device)
+    timed = 0
+    prefetch = _Prefetcher(record, range(len(record)))
+    pending: list[Future] = []
+    bar = tqdm(total=len(record), desc=record.name, leave=False, disable=not progress, unit="frame")
+
+    def finish(index: int, label: np.ndarray) -> None:  # runs on the background worker
+        if write is not None and index in write:
+            write_mask(Path(results_dir) / record.name / f"{record.frame_names[index]}.png", label)
+        if scorer is not None and scorer.wants(index):
+            gt = record.gt_annotations or record.annotations
+            scorer.add(index, label, read_ground_truth(record, index), source=gt[index])
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"finish-{record.name}") as pool:
+        try:
+            for _ in range(len(record)):
+                i, frame = prefetch.get()
+                if i < start or (not seen and i not in record.annotations):
+                    label = np.zeros(frame.shape[:2], dtype=np.uint8)
+                else:
+                    new = new_objects_mask(record, i, seen)
+                    if new is not None and new.shape != frame.shape[:2]:
+                        raise DatasetError(f"{record.annotations[i]}: mask is {new.shape[1]}x{new.shape[0]} (WxH) but "
+                                           f"frame {i} of '{record.name}' ({record.frames[i]}) is {frame.shape[1]}x"
+                                           f"{frame.shape[0]}")
+                    if not seen:
+                        if new is None:
+                            raise DatasetError(f"{record.annotations.get(i)}: first annotation of '{record.name}' "
+                                               f"holds no object")
+                        probs = session.add_objects(frame, new)
+                    else:
+                        t0 = timer.start()
+                        probs = session.step(frame, new)
+                        timer.stop(t0)
+                        timed += 1
+                    if new is not None:
+                        seen.update(int(o) for o in np.unique(new) if o)
+                    label = probs.argmax(0).to(torch.uint8).cpu().numpy()
+                if frame_hook is not None and hook_frames and i in hook_frames:
+                    frame_hook(i, frame, label)
+                pending.append(pool.submit(finish, i, label))
+                while len(pending) > PENDING_WRITES or (pending and pending[0].done()):
+                    pending.pop(0).result()  # surfaces a write / scoring error at once
+                bar.update(1)
+            for future in pending:
+                future.result()
+        finally:
+            prefetch.close()
+            bar.close()
+            for future in pending:
+                future.cancel()
+    model_seconds = timer.total()
+    return VideoResult(record.name, timed + 1, model_seconds, time.perf_counter() - wall_start,
+                       peak_memory_mb(device), scorer)
 
 
-def score_copy_baseline(record: VideoRecord, metric: JFMetric, exclude_last: bool = True) -> None:
-    """The trivial baseline: the first-frame mask copied to every frame."""
+def copy_first_frame_scores(record: VideoRecord, plan: ScorePlan) -> VideoScorer:
+    """The trivial baseline: the first-frame mask copied to every frame, scored by the same plan."""
     first = min(record.annotations)
-    ref = load_annotation(record, record.annotations[first])
-    gt = record.gt_annotations or record.annotations
-    scores = VideoScores(object_ids_to_score(record))
-    for i in scored_gt_frames(record, exclude_last):
-        scores.add(ref, load_annotation(record, gt[i]))
-    if scores.object_ids:
-        metric.add_object_scores(*scores.rows(), video=record.name, object_ids=scores.object_ids)
-
-
-def score_results_dir(records: list[VideoRecord], results_dir: Path, metric: JFMetric, exclude_last: bool = True) -> None:
-    """Score PNGs already in ``results_dir`` (score_only): a missing or mis-sized result names the file."""
-    for record in records:
-        gt = record.gt_annotations or record.annotations
-        scores = VideoScores(object_ids_to_score(record))
-        for i in scored_gt_frames(record, exclude_last):
-            path = results_dir / record.name / f"{record.frame_names[i]}.png"
-            if not path.is_file():
-                raise DatasetError(f"{path}: result missing (needed to score frame {i} of '{record.name}')")
-            pred, true = read_mask(path), load_annotation(record, gt[i])
-            if pred.shape != true.shape:
-                raise DatasetError(f"{path}: result is {pred.shape[0]}x{pred.shape[1]} but ground truth {gt[i]} is "
-                                   f"{true.shape[0]}x{true.shape[1]}")
-            scores.add(pred, true)
-        if scores.object_ids:
-            metric.add_object_scores(*scores.rows(), video=record.name, object_ids=scores.object_ids)
+    ref = read_annotation(record, record.annotations[first])
+    scorer = VideoScorer(plan)
+    for index in plan.frame_indices:
+        scorer.add(index, ref, read_ground_truth(record, index))
+    return scorer

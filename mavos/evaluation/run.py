@@ -1,79 +1,225 @@
-"""evaluate.py's body: build the model and benchmark from the config, run, score, report."""
+"""evaluate.py's body: build the checkpoint's network and the benchmark, segment, score, report, resume.
+
+Videos are sharded over ``torchrun`` ranks without padding (each run and scored exactly once; a rank may get
+none). J&F states gather across ranks on the process group's own backend (CUDA tensors on NCCL); per-video
+speeds gather as Python objects on a gloo group. A re-run into the same ``results_dir`` skips the videos a
+previous run finished with the same checkpoint and settings (``resume=true``): their scores are read back
+from ``<results_dir>/.progress/<video>.json``, written atomically after each video.
+"""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
+import logging
 import os
 import warnings
 import zipfile
-import logging
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from mavos.checkpoints.loading import load_network_weights
-from mavos.data.io import atomic_save
-from mavos.evaluation.evaluator import VideoSpeed, run_video, score_copy_baseline, score_results_dir
+from mavos.checkpoints.loading import (build_checkpoint_network, load_state, network_state, read_checkpoint,
+                                       resolve_network_config)
+from mavos.data.io import atomic_save, read_frame, read_mask
+from mavos.data.records import DatasetError, VideoRecord, select_videos
+from mavos.evaluation.evaluator import VideoResult, copy_first_frame_scores, segment_video
 from mavos.metrics.jf import JFMetric
-from mavos.metrics.protocols import score_lvos, write_davis_csvs, write_lvos_csvs
+from mavos.metrics.protocols import (PROTOCOLS, ScorePlan, VideoScorer, plan_for_record, score_saved_video,
+                                     write_protocol_csvs)
+from mavos.registry import ConfigError, describe
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("davis", "ltv", "lvos", "none")
+PROGRESS_DIR = ".progress"
+ARCHITECTURE_GROUPS = ("model", "memory", "backbone")
 
+
+# ---------------------------------------------------------------- devices and ranks
 
 def pick_device(name: str) -> torch.device:
+    """``auto``: this rank's GPU (``LOCAL_RANK`` under torchrun) when CUDA is there, else the CPU."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
 
 
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size). Under torchrun (WORLD_SIZE > 1) join the process group: nccl on GPU, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+class Ranks:
+    """This process's rank, the world size, and a gloo group for Python objects (NCCL gathers tensors only)."""
+
+    def __init__(self, device: torch.device):
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                    device_id=device if device.type == "cuda" else None)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.objects_group = None
+        if self.world > 1:
+            self.objects_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+
+    def gather(self, items: list) -> list:
+        """Every rank's list, concatenated in rank order (on every rank)."""
+        if self.world == 1:
+            return items
+        out = [None] * self.world
+        dist.all_gather_object(out, items, group=self.objects_group)
+        return [x for part in out for x in part]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier(group=self.objects_group)
 
 
-def gather_lists(items: list, world: int) -> list:
-    if world == 1:
-        return items
-    out = [None] * world
-    dist.all_gather_object(out, items)
-    return [x for part in out for x in part]
+# ---------------------------------------------------------------- the network of a checkpoint
+
+TEST_GAP_KEY = "model.net.memory.test_gap"
 
 
-def write_speed_csv(path: Path, speeds: list[VideoSpeed]) -> None:
+def explicit_network_request(cfg: DictConfig) -> tuple[dict | None, str | None, int | None]:
+    """What the user asked for on the command line: (network config, model name) when they chose a network
+    (``model=``, ``memory=``, ``backbone=``, ``model.net.*``), else (None, None); and the test gap when they set
+    ``model.net.memory.test_gap`` (a test-time choice, applied to any checkpoint)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not inside a Hydra run
+        return None, None, None
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+    gap = int(cfg.model.net.memory.test_gap) if TEST_GAP_KEY in keys else None
+    architecture = [k for k in keys if (k in ARCHITECTURE_GROUPS or k.startswith("model.net.")) and k != TEST_GAP_KEY]
+    if not architecture:
+        return None, None, gap
+    return OmegaConf.to_container(cfg.model.net, resolve=True), hydra_cfg.runtime.choices.get("model"), gap
+
+
+def load_checkpoint_network(cfg: DictConfig, device: torch.device):
+    """The network ``ckpt_path`` holds (its stored config), checked against an explicit model request."""
+    if not cfg.get("ckpt_path"):
+        raise ConfigError("ckpt_path is required: a checkpoint from train.py or `python -m mavos.checkpoints convert`"
+                          " (or score_only=true to score existing results)")
+    ckpt = read_checkpoint(cfg.ckpt_path)
+    requested, name, gap = explicit_network_request(cfg)
+    if requested is None and "mavos_network" not in ckpt:
+        # an older checkpoint without its config: the composed model (default mavos_mbv2), said aloud
+        requested, name = OmegaConf.to_container(cfg.model.net, resolve=True), None
+        log.warning("%s stores no network config (an older checkpoint): using the configured model (%s); pass "
+                    "model=<name> if it is another", cfg.ckpt_path, describe(requested))
+    config, stored_name = resolve_network_config(cfg.ckpt_path, ckpt, requested, name)
+    if gap is not None and "memory" in config:
+        config["memory"] = {**config["memory"], "test_gap": gap}
+    net = build_checkpoint_network(cfg.ckpt_path, config)
+    load_state(net, network_state(ckpt, cfg.ckpt_path), cfg.ckpt_path)
+    log.info("network: %s (%s)", stored_name or name or "from checkpoint", describe(config))
+    return net.to(device).eval(), config
+
+
+# ---------------------------------------------------------------- resume
+
+def run_fingerprint(cfg: DictConfig, network_config: dict) -> str:
+    """What makes results comparable: the checkpoint file, the network and the session settings."""
+    stat = Path(cfg.ckpt_path).stat()
+    key = {"ckpt": str(Path(cfg.ckpt_path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+           "network": network_config, "session": OmegaConf.to_container(cfg.session, resolve=True),
+           "max_frames": cfg.get("max_frames"), "protocol": cfg.data.get("protocol")}
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def progress_path(results_dir: Path, video: str) -> Path:
+    return results_dir / PROGRESS_DIR / f"{video}.json"
+
+
+def save_progress(results_dir: Path, result: VideoResult, fingerprint: str) -> None:
+    record = {"fingerprint": fingerprint, "video": result.video, "frames": result.frames,
+              "model_seconds": result.model_seconds, "wall_seconds": result.wall_seconds,
+              "peak_memory_mb": result.peak_memory_mb}
+    if result.scorer is not None:
+        j, f = result.scorer.rows()
+        record["scores"] = {"objects": result.scorer.plan.objects, "j": [r.tolist() for r in j],
+                            "f": [r.tolist() for r in f]}
+    text = json.dumps(record)
+    atomic_save(lambda tmp: Path(tmp).write_text(text), progress_path(results_dir, result.video))
+
+
+def load_progress(results_dir: Path, record: VideoRecord, plan: ScorePlan | None, fingerprint: str
+                  ) -> VideoResult | None:
+    """A finished video's result from a previous run with the same fingerprint (None: run it)."""
+    path = progress_path(results_dir, record.name)
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if done.get("fingerprint") != fingerprint:
+        return None
+    scorer = None
+    if plan is not None:
+        scores = done.get("scores") or {}
+        if scores.get("objects") != plan.objects:
+            return None
+        scorer = VideoScorer(plan)
+        for obj, j, f in zip(plan.objects, scores["j"], scores["f"]):
+            scorer.j[obj], scorer.f[obj] = np.asarray(j, np.float64), np.asarray(f, np.float64)
+    return VideoResult(record.name, int(done["frames"]), float(done["model_seconds"]), float(done["wall_seconds"]),
+                       float(done["peak_memory_mb"]), scorer)
+
+
+# ---------------------------------------------------------------- reports
+
+def write_speed_csv(path: Path, results: list[VideoResult]) -> None:
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["Sequence", "Frames", "FPS", "Seconds", "PeakMemoryMB"])
-    for s in speeds:
-        w.writerow([s.video, s.frames, f"{s.fps:.3f}", f"{s.seconds:.3f}", f"{s.peak_memory_mb:.1f}"])
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["Sequence", "Frames", "FPS", "Seconds", "WallFPS", "WallSeconds", "PeakMemoryMB"])
+    for r in results:
+        w.writerow([r.video, r.frames, f"{r.fps:.3f}", f"{r.model_seconds:.3f}", f"{r.wall_fps:.3f}",
+                    f"{r.wall_seconds:.3f}", f"{r.peak_memory_mb:.1f}"])
     atomic_save(lambda tmp: Path(tmp).write_text(buf.getvalue()), path)
 
 
-def format_summary(rows: dict[str, dict[str, float]], speeds: list[VideoSpeed] | None, device: torch.device) -> str:
+def speed_summary(results: list[VideoResult], device: torch.device) -> str:
+    frames = sum(r.frames - 1 for r in results)
+    seconds = sum(r.model_seconds for r in results)
+    wall_frames, wall = sum(r.frames for r in results), sum(r.wall_seconds for r in results)
+    fps = frames / seconds if seconds > 0 else float("nan")
+    wall_fps = wall_frames / wall if wall > 0 else float("nan")
+    peak = max((r.peak_memory_mb for r in results), default=float("nan"))
+    kind = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS"
+    return (f"speed: model {fps:.2f} FPS ({1000 / fps if fps > 0 else float('nan'):.1f} ms/frame, frame 0 excluded, "
+            f"over {frames} frames); end-to-end {wall_fps:.2f} FPS ({wall:.1f} s wall, decoding, writing and "
+            f"scoring included) on {device}; peak memory {peak:.0f} MB ({kind})")
+
+
+def speed_value(results: list[VideoResult], kind: str) -> float | None:
+    """Model FPS (frame 0 excluded) or end-to-end FPS over all videos."""
+    if not results:
+        return None
+    if kind == "model":
+        frames, seconds = sum(r.frames - 1 for r in results), sum(r.model_seconds for r in results)
+    else:
+        frames, seconds = sum(r.frames for r in results), sum(r.wall_seconds for r in results)
+    return frames / seconds if seconds > 0 else None
+
+
+def format_summary(rows: dict[str, dict[str, float]], speed: str | None) -> str:
     lines = [f"{'method':<28}{'J&F-Mean':>10}{'J-Mean':>10}{'F-Mean':>10}"]
     for name, r in rows.items():
         vals = [r.get(k, float("nan")) for k in ("J&F-Mean", "J-Mean", "F-Mean")]
         lines.append(f"{name:<28}" + "".join(f"{v:>10.4f}" for v in vals))
-    if speeds:
-        total_frames = sum(s.frames - 1 for s in speeds)
-        total_time = sum(s.seconds for s in speeds)
-        fps = total_frames / total_time if total_time > 0 else float("nan")
-        ms = 1000 * total_time / total_frames if total_frames else float("nan")
-        peak = max(s.peak_memory_mb for s in speeds)
-        kind = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS"
-        lines.append(f"speed: {fps:.2f} FPS ({ms:.1f} ms/frame) over {total_frames} frames (frame 0 excluded) on {device}; "
-                     f"peak memory {peak:.0f} MB ({kind})")
+    if speed:
+        lines.append(speed)
     return "\n".join(lines)
 
 
@@ -88,21 +234,8 @@ def write_submission_zip(results_dir: Path, records, path: Path) -> None:
     log.info("submission: %s", path)
 
 
-def score_lvos_results(cfg: DictConfig, results_dir: Path, split: str) -> dict[str, float]:
-    """LVOS v1 toolkit rules on the written PNGs (needs the toolkit's unseen_videos.txt)."""
-    unseen = Path(cfg.data.unseen_videos)
-    if not unseen.is_file():
-        raise FileNotFoundError(f"{unseen}: LVOS scoring needs lvos-evaluation's unseen_videos.txt "
-                                f"(set data.unseen_videos=...)")
-    split_root = Path(cfg.data.root) / cfg.data.get("split_dir", split)
-    global_row, rows = score_lvos(split_root, results_dir, unseen)
-    write_lvos_csvs(results_dir, split, global_row, rows)
-    return global_row
-
-
-def write_overlay_for(record, results_dir: Path) -> None:
+def write_overlay_for(record: VideoRecord, results_dir: Path) -> None:
     """overlay.mp4 of a user's video: the written masks coloured over its frames."""
-    from mavos.data.io import read_frame, read_mask
     from mavos.evaluation.overlay import write_overlay_video
 
     pairs = ((read_frame(f), read_mask(results_dir / record.name / f"{n}.png"))
@@ -112,98 +245,91 @@ def write_overlay_for(record, results_dir: Path) -> None:
     log.info("overlay video: %s", path)
 
 
-def build_network(cfg: DictConfig, device: torch.device):
-    model = hydra.utils.instantiate(cfg.model)
-    net = model.net
-    if not cfg.get("ckpt_path"):
-        raise ValueError("ckpt_path is required: a checkpoint from train.py or `python -m mavos.checkpoints convert`"
-                         " (or score_only=true to score existing results)")
-    load_network_weights(net, cfg.ckpt_path)
-    return net.to(device).eval()
-
+# ---------------------------------------------------------------- the run
 
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     warnings.filterwarnings("ignore", message=".*compute.*called before.*update", category=UserWarning)
-    device = pick_device(cfg.device)
-    rank, world = init_distributed(device)
-    datamodule = hydra.utils.instantiate(cfg.data.module)
-    if rank == 0:
-        datamodule.prepare_data()
-    if world > 1:
-        dist.barrier()
-    records = datamodule.val_videos()
-    if cfg.get("max_videos"):
-        records = records[: int(cfg.max_videos)]
-    all_records = records
-    # Shard videos across ranks without padding: every video is run and scored exactly once; the J&F
-    # metric gathers its per-object states across ranks (torchmetrics, dist_reduce_fx="cat").
-    records = records[rank::world]
-    results_dir = Path(cfg.results_dir)
     protocol = cfg.data.get("protocol", "davis")
     if protocol not in PROTOCOLS:
-        raise ValueError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    exclude_last = protocol == "davis"          # DAVIS drops the first and last frame; LTV only the first
-    streamed = protocol in ("davis", "ltv")     # scored while streaming; LVOS is scored from the written PNGs
+        raise ConfigError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    device = pick_device(cfg.device)
+    ranks = Ranks(device)
+    datamodule = hydra.utils.instantiate(cfg.data.module)
+    if ranks.rank == 0:
+        datamodule.prepare_data()
+    ranks.barrier()
+    all_records = select_videos(datamodule.val_videos(), cfg.get("videos"), cfg.get("max_frames"),
+                                source=f"data={cfg.data.name} split {cfg.data.get('split')}")
+    records = all_records[ranks.rank::ranks.world]  # without padding: each video exactly once
+    results_dir = Path(cfg.results_dir)
     split = cfg.get("split") or cfg.data.get("split", "val")
-    metric = JFMetric()
+    scored = protocol != "none"
+    metric = JFMetric(protocol if scored else "davis").to(device)
     summary: dict[str, dict[str, float]] = {}
-    speeds: list[VideoSpeed] | None = None
-    if cfg.score_only and protocol == "lvos":
-        pass
-    elif cfg.score_only:
-        if not streamed:
-            raise ValueError(f"score_only: {cfg.data.name} ({protocol}) has no local ground truth to score against")
-        score_results_dir(records, results_dir, metric, exclude_last)
-        summary["results"] = None
-    else:
-        net = build_network(cfg, device)
-        session_kwargs = OmegaConf.to_container(cfg.session, resolve=True)
-        speeds = []
-        log.info("evaluating %d videos of %s/%s on %s", len(records), cfg.data.name, split, device)
+    results: list[VideoResult] = []
+    if cfg.score_only:
+        if not scored:
+            raise ConfigError(f"score_only: data={cfg.data.name} (protocol none) has no local ground truth to score")
         for record in records:
-            speeds.append(run_video(net, record, results_dir, metric if streamed else None, session_kwargs,
-                                    exclude_last))
-            log.info("%s: %d frames, %.2f FPS, peak %.0f MB", record.name, speeds[-1].frames, speeds[-1].fps,
-                     speeds[-1].peak_memory_mb)
-        if streamed:
-            summary[type(net.memory).__name__.replace("Memory", "").lower() + " model"] = None
-        speeds = gather_lists(speeds, world)
-        if world > 1:
-            dist.barrier()  # every rank's PNGs are written
-        if rank == 0:
-            write_speed_csv(results_dir / f"speed-{split}.csv", speeds)
-            if cfg.data.name in ("ytvos", "lvos"):
+            metric.update(score_saved_video(record, plan_for_record(record, protocol), results_dir))
+        summary["results"] = {}
+    else:
+        net, network_config = load_checkpoint_network(cfg, device)
+        session_kwargs = OmegaConf.to_container(cfg.session, resolve=True)
+        fingerprint = run_fingerprint(cfg, network_config)
+        log.info("evaluating %d videos of %s/%s on %s (rank %d/%d)", len(records), cfg.data.name, split, device,
+                 ranks.rank, ranks.world)
+        for record in records:
+            plan = plan_for_record(record, protocol) if scored else None
+            result = load_progress(results_dir, record, plan, fingerprint) if cfg.get("resume", True) else None
+            if result is not None:
+                log.info("%s: done by an earlier run, skipped (resume=false to redo)", record.name)
+            else:
+                result = segment_video(net, record, plan=plan, protocol=protocol, session_kwargs=session_kwargs,
+                                       results_dir=results_dir)
+                save_progress(results_dir, result, fingerprint)
+                log.info("%s: %d frames, %.2f FPS (model), %.2f FPS (end-to-end), peak %.0f MB", record.name,
+                         result.frames, result.fps, result.wall_fps, result.peak_memory_mb)
+            if result.scorer is not None:
+                metric.update(result.scorer)
+            results.append(result)
+        results = ranks.gather(results)
+        ranks.barrier()  # every rank's PNGs are written
+        if ranks.rank == 0:
+            write_speed_csv(results_dir / f"speed-{split}.csv", results)
+            if cfg.data.get("submission", False):
                 write_submission_zip(results_dir, all_records, results_dir / "submission.zip")
-        if cfg.data.name in ("video", "frames"):
+        if cfg.data.get("overlay", False):
             for record in records:
                 write_overlay_for(record, results_dir)
-    if streamed:
-        global_row, rows = metric.compute(), metric.per_object_rows()  # one gather across ranks
-        summary = {k: (global_row if v is None else v) for k, v in summary.items()}
-        if rank == 0:
-            write_davis_csvs(results_dir, split, global_row, rows)
-    elif protocol == "lvos" and rank == 0:
-        summary["lvos"] = score_lvos_results(cfg, results_dir, split)
-    if cfg.get("baseline", False) and streamed:
-        base = JFMetric()
-        for record in records:
-            score_copy_baseline(record, base, exclude_last)
-        summary["copy first-frame mask"] = base.compute()
-    if rank == 0:
-        text = format_summary(summary, speeds, device)
-        print(text)
+        summary[f"{type(net.memory).__name__.replace('Memory', '').lower()} model"] = {}
+    if scored:
+        global_row, rows = metric.compute(), metric.per_object_rows()  # each gathers across ranks: every rank calls
+        summary = {k: global_row for k in summary}
+        if ranks.rank == 0:
+            write_protocol_csvs(results_dir, split, protocol, global_row, rows)
+        if cfg.get("baseline", False):
+            base = JFMetric(protocol).to(device)
+            for record in records:
+                base.update(copy_first_frame_scores(record, plan_for_record(record, protocol)))
+            summary["copy first-frame mask"] = base.compute()
+    if ranks.rank == 0:
+        text = format_summary(summary, speed_summary(results, device) if results else None)
+        print(text, flush=True)
         atomic_save(lambda tmp: Path(tmp).write_text(text + "\n"), results_dir / f"summary-{split}.txt")
-    if world > 1:
-        dist.barrier()
+        machine = {"scores": summary, "videos": len(all_records), "device": str(device),
+                   "model_fps": speed_value(results, "model"), "end_to_end_fps": speed_value(results, "wall")}
+        atomic_save(lambda tmp: Path(tmp).write_text(json.dumps(machine, indent=2) + "\n"),
+                    results_dir / f"summary-{split}.json")
+    ranks.barrier()
     return summary
 
 
 def evaluate_from_training(train_cfg: DictConfig, ckpt_path: str) -> dict:
-    """Evaluate right after training with the same model/data configs (train.py evaluate_after=true)."""
-    session = {"long_term_gap": None, "max_long_edge": 1040, "max_short_edge": None, "flip": False, "amp": None}
+    """Evaluate right after training with the same data config (train.py evaluate_after=true)."""
     base = OmegaConf.create(OmegaConf.to_container(train_cfg, resolve=True))  # drop struct mode
-    cfg = OmegaConf.merge({"session": session}, base,
+    cfg = OmegaConf.merge(base,
                           {"ckpt_path": ckpt_path, "results_dir": str(Path(train_cfg.paths.output_dir) / "results"),
-                           "score_only": False, "device": "auto", "max_videos": None, "baseline": True,
-                           "split": train_cfg.data.get("split", "val")})
+                           "score_only": False, "device": "auto", "videos": None, "max_frames": None,
+                           "baseline": True, "resume": True, "split": train_cfg.data.get("split", "val")})
     return evaluate(cfg)

@@ -1,33 +1,43 @@
-"""Benchmark scoring protocols: which frames and objects count, read from result PNGs on disk.
+"""Benchmark scoring protocols: which frames score which objects, and the one way frames are scored.
 
-Each ``score_*`` reads ground truth and ``<results>/<video>/<frame>.png`` and follows its official
-toolkit's rules (sources in docs: davis2017-evaluation ac7c43f, lvos-evaluation v1 9ff733c, AFB-URR
-``score_longvideo.py``); a missing or misshapen result is a DatasetError naming the file. The
-``write_*_csvs`` functions write the toolkits' CSV tables (floats as ``%.3f``, NaN as an empty cell).
+A ``ScorePlan`` says, for one video, which frame scores which object in which slot of its per-frame row,
+as the benchmark's official toolkit does (davis2017-evaluation ac7c43f, lvos-evaluation v1 9ff733c,
+AFB-URR ``score_longvideo.py``):
+- ``davis``: objects 1..max id of the first annotation, every ground-truth frame but the first and the last;
+- ``ltv``: one object (labels binarised), every annotated frame but the first;
+- ``lvos``: each object on frame numbers ``range(start, end, 5)`` of its meta frame range, in a row of
+  ``frame_nums`` slots (slots no frame fills stay 0 and count, as in the toolkit); seen / unseen videos.
+
+A ``VideoScorer`` fills a plan frame by frame (J and F of ``region_boundary``) from whatever gives the
+predicted masks: the model while it streams (evaluation, validation during training) or PNGs on disk
+(``score_only``, and the toolkit mirrors ``score_davis_results`` / ``score_ltv`` / ``score_lvos`` below).
+A finished scorer goes into ``JFMetric``, which reduces per object and averages as the toolkit does.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from mavos.data.io import atomic_save, read_mask
+from mavos.data.io import atomic_save, read_mask, read_user_mask
 from mavos.data.listing import read_json, read_lines
-from mavos.data.records import DatasetError
-from mavos.metrics.jf import GLOBAL_COLUMNS, VOID_ID, JFMetric
+from mavos.data.records import DatasetError, VideoRecord
+from mavos.metrics.jf import GLOBAL_COLUMNS, LVOS_GLOBAL_COLUMNS, VOID_ID, JFMetric, lvos_variation
 from mavos.metrics.region_boundary import DEFAULT_BOUND_TH, boundary_measure, region_similarity
 
+PROTOCOLS = ("davis", "ltv", "lvos", "none")
 SEQUENCE_COLUMNS: tuple[str, ...] = ("Sequence", "J-Mean", "F-Mean")
-LVOS_GLOBAL_COLUMNS: tuple[str, ...] = (
-    "J&F-Mean", "J-Mean", "J-seen-Mean", "J-unseen-Mean", "F-Mean", "F-seen-Mean", "F-unseen-Mean",
-    "V-Mean", "V-seen-Mean", "V-unseen-Mean",
-)
 LVOS_SEQUENCE_COLUMNS: tuple[str, ...] = ("Sequence", "J-Mean", "F-Mean", "V-Mean")
 LVOS_FRAME_STEP = 5  # lvos-evaluation v1 scores every 5th frame number of an object's range
+
+__all__ = ["ScorePlan", "VideoScorer", "plan_for_record", "read_ground_truth", "score_saved_video",
+           "score_davis_results", "score_ltv", "score_lvos", "write_davis_csvs", "write_lvos_csvs",
+           "lvos_variation", "GLOBAL_COLUMNS", "LVOS_GLOBAL_COLUMNS"]
 
 
 # ---------------------------------------------------------------- frame selection rules
@@ -52,7 +62,172 @@ def lvos_frame_numbers(start: int, end: int) -> list[int]:
     return list(range(int(start), int(end), LVOS_FRAME_STEP))
 
 
+# ---------------------------------------------------------------- plans and the scorer
+
+@dataclass
+class ScorePlan:
+    """Which frames score which objects of one video.
+
+    objects: object ids in table order. slots: object -> length of its per-frame score row.
+    frames: frame index -> [(object id, slot)]. binarize: single-object benchmark (any id > 0 is object 1,
+    in predictions and ground truth). unseen: LVOS's unseen-category group.
+    """
+
+    video: str
+    objects: list[int]
+    slots: dict[int, int]
+    frames: dict[int, list[tuple[int, int]]]
+    binarize: bool = False
+    unseen: bool = False
+
+    @classmethod
+    def dense(cls, video: str, objects: list[int], frames: Sequence[int], **kw) -> "ScorePlan":
+        """Every object scored on every frame of ``frames`` (DAVIS, LTV)."""
+        return cls(video, list(objects), {o: len(frames) for o in objects},
+                   {int(f): [(o, k) for o in objects] for k, f in enumerate(frames)}, **kw)
+
+    @property
+    def frame_indices(self) -> list[int]:
+        return sorted(self.frames)
+
+
+@dataclass
+class VideoScorer:
+    """Per-object rows of per-frame J and F for one video, filled frame by frame following a plan."""
+
+    plan: ScorePlan
+    bound_th: float = DEFAULT_BOUND_TH
+    j: dict[int, np.ndarray] = field(init=False)
+    f: dict[int, np.ndarray] = field(init=False)
+    filled: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.j = {o: np.zeros(self.plan.slots[o]) for o in self.plan.objects}
+        self.f = {o: np.zeros(self.plan.slots[o]) for o in self.plan.objects}
+
+    def wants(self, index: int) -> bool:
+        return index in self.plan.frames
+
+    def add(self, index: int, pred: np.ndarray, gt: np.ndarray, source: str | Path = "") -> None:
+        """Score frame ``index``: ``pred`` / ``gt`` (H, W) ids; 255 in ``gt`` (void) is background."""
+        if index not in self.plan.frames:
+            return
+        pred, gt = np.asarray(pred), np.asarray(gt)
+        if pred.shape != gt.shape:
+            where = f"{source}: " if source else ""
+            raise DatasetError(f"{where}prediction of frame {index} of '{self.plan.video}' is {pred.shape[0]}x"
+                               f"{pred.shape[1]} but its ground truth is {gt.shape[0]}x{gt.shape[1]}")
+        gt = np.where(gt == VOID_ID, 0, gt)
+        if self.plan.binarize:
+            pred, gt = (pred > 0).astype(np.uint8), (gt > 0).astype(np.uint8)
+        for obj, slot in self.plan.frames[index]:
+            p, g = pred == obj, gt == obj
+            self.j[obj][slot] = region_similarity(p, g)
+            self.f[obj][slot] = boundary_measure(p, g, bound_th=self.bound_th)
+        self.filled += 1
+
+    def rows(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        return [self.j[o] for o in self.plan.objects], [self.f[o] for o in self.plan.objects]
+
+
+def scored_gt_frames(record: VideoRecord, exclude_last: bool = True) -> list[int]:
+    """Frames with ground truth that count (DAVIS / LTV): all but the first annotated (and the video's last)."""
+    gt = record.gt_annotations or record.annotations
+    frames = sorted(gt)
+    if record.scored_frames is not None:
+        allowed = set(record.scored_frames)
+        frames = [i for i in frames if i in allowed]
+    first = min(record.annotations) if record.annotations else 0
+    frames = [i for i in frames if i != first]
+    if exclude_last and frames and frames[-1] == len(record) - 1:
+        frames = frames[:-1]
+    return frames
+
+
+def plan_for_record(record: VideoRecord, protocol: str, unseen: bool = False) -> ScorePlan | None:
+    """The scoring plan of a benchmark video under ``protocol`` (None for ``none``: server-scored sets)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "none":
+        return None
+    if protocol == "lvos":
+        ranges = record.meta.get("frame_ranges") or {}
+        if not ranges:
+            raise DatasetError(f"video '{record.name}': the LVOS protocol needs per-object frame ranges "
+                               f"(valid_meta.json in the split folder)")
+        return lvos_plan(record.name, record.frame_names, ranges, unseen or bool(record.meta.get("unseen")))
+    objects = list(range(1, max(record.object_ids) + 1)) if record.object_ids else []
+    if protocol == "ltv" or record.meta.get("binarize"):
+        return ScorePlan.dense(record.name, [1] if objects else [], scored_gt_frames(record, exclude_last=False),
+                               binarize=True)
+    return ScorePlan.dense(record.name, objects, scored_gt_frames(record, exclude_last=True))
+
+
+def lvos_plan(video: str, frame_names: Sequence[str], ranges: dict, unseen: bool = False,
+              source: str | Path = "meta file") -> ScorePlan:
+    """LVOS v1: object k on ``range(start, end, 5)`` in a row of ``frame_nums`` slots (meta order)."""
+    by_number = {}
+    for i, name in enumerate(frame_names):
+        try:
+            by_number[int(name)] = i
+        except ValueError as e:
+            raise DatasetError(f"video '{video}': LVOS frame names must be numbers, got {name!r}") from e
+    objects, slots, frames = [], {}, {}
+    for key, rng in ranges.items():
+        try:
+            obj, start, end, count = int(key), int(rng["start"]), int(rng["end"]), int(rng["frame_nums"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DatasetError(f"{source}: video '{video}' object {key!r} has a malformed frame_range ({e})") from e
+        numbers = lvos_frame_numbers(start, end)
+        if len(numbers) > count:
+            raise DatasetError(f"{source}: video '{video}' object {key}: range(start, end, 5) holds "
+                               f"{len(numbers)} frames, more than frame_nums={count}")
+        objects.append(obj)
+        slots[obj] = count
+        for slot, number in enumerate(numbers):
+            if number not in by_number:
+                raise DatasetError(f"{source}: video '{video}' object {key} is scored on frame {number:08d}, "
+                                   f"which the video does not have")
+            frames.setdefault(by_number[number], []).append((obj, slot))
+    return ScorePlan(video, objects, slots, frames, unseen=unseen)
+
+
 # ---------------------------------------------------------------- reading masks
+
+def read_ground_truth(record: VideoRecord, index: int) -> np.ndarray:
+    """The ground truth of frame ``index`` (dense annotations where the record has them)."""
+    gt = record.gt_annotations or record.annotations
+    path = gt.get(index)
+    if path is None:
+        raise DatasetError(f"video '{record.name}': frame {index} ({record.frame_names[index]}) has no ground truth")
+    return read_user_mask(path) if record.meta.get("user_masks") else read_mask(path)
+
+
+def read_result(results_dir: Path, video: str, stem: str, gt_path: str | Path, gt_shape: tuple[int, ...]) -> np.ndarray:
+    """A result PNG; missing or of another size than its ground truth: a DatasetError naming both files."""
+    path = Path(results_dir) / video / f"{stem}.png"
+    if not path.is_file():
+        raise DatasetError(f"{path}: result mask is missing (expected one PNG per scored frame, named like "
+                           f"{Path(gt_path).name})")
+    mask = read_mask(path)
+    if mask.shape != gt_shape:
+        raise DatasetError(f"{path}: result is {mask.shape[1]}x{mask.shape[0]} (WxH) but its ground truth {gt_path} "
+                           f"is {gt_shape[1]}x{gt_shape[0]}")
+    return mask
+
+
+def score_saved_video(record: VideoRecord, plan: ScorePlan, results_dir: str | Path) -> VideoScorer:
+    """Score the PNGs a run wrote for one video (``score_only``)."""
+    scorer = VideoScorer(plan)
+    gt = record.gt_annotations or record.annotations
+    for index in plan.frame_indices:
+        truth = read_ground_truth(record, index)
+        pred = read_result(Path(results_dir), record.name, record.frame_names[index], gt[index], truth.shape)
+        scorer.add(index, pred, truth)
+    return scorer
+
+
+# ---------------------------------------------------------------- toolkit mirrors over GT folders
 
 def _annotation_files(folder: Path, what: str) -> list[Path]:
     """The PNGs of one video's annotation folder, sorted by name like the toolkits' sorted glob."""
@@ -65,221 +240,110 @@ def _annotation_files(folder: Path, what: str) -> list[Path]:
     return files
 
 
-def _read_gt(path: Path) -> np.ndarray:
-    """A ground-truth mask with void (255) turned into background."""
-    mask = read_mask(path)
-    return np.where(mask == VOID_ID, 0, mask).astype(np.uint8)
+def _score_folder(metric: JFMetric, video: str, gt_files: list[Path], keep: np.ndarray, results_dir: Path,
+                  binarize: bool = False, bound_th: float = DEFAULT_BOUND_TH) -> None:
+    """Score one densely listed video: objects = max id of the first GT; results hold no other ids."""
+    first = read_mask(gt_files[0])
+    objects = [1] if binarize else list(range(1, int(np.where(first == VOID_ID, 0, first).max()) + 1))
+    scored = [i for i, k in enumerate(keep) if k]
+    scorer = VideoScorer(ScorePlan.dense(video, objects, scored, binarize=binarize), bound_th)
+    for i in scored:
+        truth = read_mask(gt_files[i])
+        if truth.shape != first.shape:
+            raise DatasetError(f"{gt_files[i]}: ground truth is {truth.shape[1]}x{truth.shape[0]} (WxH) but "
+                               f"{gt_files[0]} is {first.shape[1]}x{first.shape[0]}")
+        pred = read_result(results_dir, video, gt_files[i].stem, gt_files[i], first.shape)
+        if not binarize and pred.size and pred.max() > len(objects):
+            raise DatasetError(f"{results_dir / video}: results hold object id {int(pred.max())} but the first "
+                               f"ground-truth frame {gt_files[0]} has only {len(objects)} object(s)")
+        scorer.add(i, pred, truth)
+    metric.update(scorer)
 
-
-def _read_result(results_dir: Path, video: str, stem: str, gt_path: Path, gt_shape: tuple[int, int]) -> np.ndarray:
-    path = results_dir / video / f"{stem}.png"
-    if not path.is_file():
-        raise DatasetError(f"{path}: result mask is missing (expected one PNG per scored frame, named like {gt_path.name})")
-    mask = read_mask(path)
-    if mask.shape != gt_shape:
-        raise DatasetError(
-            f"{path}: result is {mask.shape[1]}x{mask.shape[0]} (WxH) but its ground truth {gt_path} is "
-            f"{gt_shape[1]}x{gt_shape[0]}"
-        )
-    return mask
-
-
-def _score_video(
-    metric: JFMetric,
-    video: str,
-    gt_files: list[Path],
-    keep: np.ndarray,
-    results_dir: Path,
-    result_255_is_object: bool = False,
-) -> None:
-    """Score one densely listed video: objects = max id of the first GT, results zero-padded."""
-    first = _read_gt(gt_files[0])
-    num_objects = int(first.max())
-    scored = [p for p, k in zip(gt_files, keep) if k]
-    gt_masks = [_read_gt(p) for p in scored]
-    for p, g in zip(scored, gt_masks):
-        if g.shape != first.shape:
-            raise DatasetError(f"{p}: ground truth is {g.shape[1]}x{g.shape[0]} (WxH) but {gt_files[0]} is "
-                               f"{first.shape[1]}x{first.shape[0]}")
-    gts = np.stack(gt_masks) if scored else np.zeros((0, *first.shape), np.uint8)
-    results = np.stack([_read_result(results_dir, video, p.stem, p, first.shape) for p in scored]) if scored \
-        else np.zeros_like(gts)
-    if result_255_is_object and results.size and results.max() == VOID_ID:
-        results[results == VOID_ID] = 1  # AFB-URR: a binary result saved as 0/255 is object 1
-    if results.size and results.max() > num_objects:
-        raise DatasetError(
-            f"{results_dir / video}: results hold object id {int(results.max())} but the first ground-truth frame "
-            f"{gt_files[0]} has only {num_objects} object(s)"
-        )
-    metric.update(results, gts, num_objects=num_objects, video=video)
-
-
-# ---------------------------------------------------------------- DAVIS 2017
 
 def davis_sequences(davis_root: str | Path, split: str) -> list[str]:
     """Sequence names of ``ImageSets/2017/<split>.txt``."""
     return read_lines(Path(davis_root) / "ImageSets" / "2017" / f"{split}.txt", f"DAVIS 2017 '{split}' sequence list")
 
 
-def score_davis_results(
-    davis_root: str | Path,
-    split: str,
-    results_dir: str | Path,
-    resolution: str = "480p",
-    sequences: Sequence[str] | None = None,
-    bound_th: float = DEFAULT_BOUND_TH,
-) -> tuple[dict[str, float], list[dict]]:
-    """DAVIS 2017 semi-supervised scores of ``<results_dir>/<seq>/<frame>.png``.
+def score_davis_results(davis_root: str | Path, split: str, results_dir: str | Path, resolution: str = "480p",
+                        sequences: Sequence[str] | None = None, bound_th: float = DEFAULT_BOUND_TH,
+                        ) -> tuple[dict[str, float], list[dict]]:
+    """DAVIS 2017 semi-supervised scores of ``<results_dir>/<seq>/<frame>.png`` (the toolkit's rules).
 
-    Returns the global row (``GLOBAL_COLUMNS``) and one row per object (``Sequence`` = ``<seq>_<id>``,
-    J-Mean, F-Mean and the other statistics), in sequence-list order. ``sequences`` restricts the
-    split's list (default: all of it).
+    Returns the global row (``GLOBAL_COLUMNS``) and one row per object (``Sequence`` = ``<seq>_<id>``).
     """
     davis_root, results_dir = Path(davis_root), Path(results_dir)
     names = list(sequences) if sequences is not None else davis_sequences(davis_root, split)
-    metric = JFMetric(bound_th=bound_th)
+    metric = JFMetric("davis")
     for video in names:
         gt_files = _annotation_files(davis_root / "Annotations" / resolution / video, f"DAVIS annotation ('{video}')")
-        _score_video(metric, video, gt_files, davis_frame_selection(len(gt_files)), results_dir)
+        _score_folder(metric, video, gt_files, davis_frame_selection(len(gt_files)), results_dir,
+                      bound_th=bound_th)
     return metric.compute(), metric.per_object_rows()
 
 
-# ---------------------------------------------------------------- Long-Time Video (AFB-URR)
-
-def score_ltv(
-    ltv_root: str | Path,
-    results_dir: str | Path,
-    sequence_list: str = "val.txt",
-    bound_th: float = DEFAULT_BOUND_TH,
-) -> tuple[dict[str, float], list[dict]]:
+def score_ltv(ltv_root: str | Path, results_dir: str | Path, sequence_list: str = "val.txt",
+              bound_th: float = DEFAULT_BOUND_TH) -> tuple[dict[str, float], list[dict]]:
     """Long-Time Video scores: every annotated frame of ``Annotations/<seq>`` but the first.
 
-    ``sequence_list`` is relative to the root (AFB-URR: ``val.txt``; MAVOS: ``ImageSets/val.txt``,
-    tried when the first is absent). As in AFB-URR, a result whose largest value is 255 is read as
-    a 0/255 binary mask of object 1. Rows and columns as :func:`score_davis_results`.
+    ``sequence_list`` is relative to the root (AFB-URR: ``val.txt``; MAVOS: ``ImageSets/val.txt``, tried when
+    the first is absent). A 0/255 binary result is object 1, as in AFB-URR.
     """
     ltv_root, results_dir = Path(ltv_root), Path(results_dir)
     list_path = ltv_root / sequence_list
     if not list_path.is_file() and (ltv_root / "ImageSets" / sequence_list).is_file():
         list_path = ltv_root / "ImageSets" / sequence_list
-    metric = JFMetric(bound_th=bound_th)
+    metric = JFMetric("ltv")
     for video in read_lines(list_path, "Long-Time Video sequence list"):
         gt_files = _annotation_files(ltv_root / "Annotations" / video, f"Long-Time Video annotation ('{video}')")
-        _score_video(metric, video, gt_files, ltv_frame_selection(len(gt_files)), results_dir,
-                     result_255_is_object=True)
+        _score_folder(metric, video, gt_files, ltv_frame_selection(len(gt_files)), results_dir, binarize=True,
+                      bound_th=bound_th)
     return metric.compute(), metric.per_object_rows()
 
 
-# ---------------------------------------------------------------- LVOS v1
-
-def lvos_variation(j_values: np.ndarray, f_values: np.ndarray) -> float:
-    """LVOS's V of one object: RMS deviation of per-frame (J+F)/2 from its mean (variance rounded to 4 places)."""
-    jf = (np.asarray(j_values, np.float64) + np.asarray(f_values, np.float64)) / 2
-    if jf.size == 0:
-        return float("nan")
-    variance = np.nansum((np.nanmean(jf) - jf) ** 2) / jf.size
-    return math.sqrt(round(float(variance), 4))
-
-
-def _read_unseen(unseen_videos: str | Path | Iterable[str]) -> set[str]:
+def read_unseen_videos(unseen_videos: str | Path | Iterable[str]) -> set[str]:
+    """LVOS's unseen-category videos: the toolkit's ``unseen_videos.txt`` (a path) or the names themselves."""
     if isinstance(unseen_videos, (str, Path)):
         return set(read_lines(Path(unseen_videos), "LVOS unseen-video list"))
     return {str(v).strip() for v in unseen_videos}
 
 
-def _lvos_video_scores(
-    lvos_root: Path, annotations: str, results_dir: Path, video: str, objects: dict, meta_path: Path, bound_th: float
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per object (meta order): per-frame J and F arrays of length ``frame_nums``.
-
-    As in the v1 toolkit, slots beyond the frames of ``range(start, end, 5)`` stay 0 and count.
-    """
-    plans = []  # (object id, frame numbers, j, f)
-    for key, obj in objects.items():
-        try:
-            rng = obj["frame_range"]
-            numbers = lvos_frame_numbers(int(rng["start"]), int(rng["end"]))
-            slots = int(rng["frame_nums"])
-            obj_id = int(key)
-        except (KeyError, TypeError, ValueError) as e:
-            raise DatasetError(f"{meta_path}: video '{video}' object {key!r} has a malformed frame_range ({e})") from e
-        if len(numbers) > slots:
-            raise DatasetError(f"{meta_path}: video '{video}' object {key}: range(start, end, 5) holds "
-                               f"{len(numbers)} frames, more than frame_nums={slots}")
-        plans.append((obj_id, numbers, np.zeros(slots), np.zeros(slots)))
-    wanted: dict[int, list[tuple[int, int]]] = {}  # frame number -> [(plan index, slot)]
-    for p, (_, numbers, _, _) in enumerate(plans):
-        for slot, number in enumerate(numbers):
-            wanted.setdefault(number, []).append((p, slot))
-    for number in sorted(wanted):
-        stem = f"{number:08d}"
-        gt_path = lvos_root / annotations / video / f"{stem}.png"
-        if not gt_path.is_file():
-            raise DatasetError(f"{gt_path}: LVOS ground truth for a scored frame is missing")
-        gt = read_mask(gt_path)
-        result = _read_result(results_dir, video, stem, gt_path, gt.shape)
-        for p, slot in wanted[number]:
-            obj_id, _, j, f = plans[p]
-            j[slot] = region_similarity(result == obj_id, gt == obj_id)
-            f[slot] = boundary_measure(result == obj_id, gt == obj_id, bound_th=bound_th)
-    return [(j, f) for _, _, j, f in plans]
-
-
-def score_lvos(
-    lvos_root: str | Path,
-    results_dir: str | Path,
-    unseen_videos: str | Path | Iterable[str],
-    meta_file: str = "valid_meta.json",
-    annotations: str = "Annotations",
-    bound_th: float = DEFAULT_BOUND_TH,
-) -> tuple[dict[str, float], list[dict]]:
+def score_lvos(lvos_root: str | Path, results_dir: str | Path, unseen_videos: str | Path | Iterable[str],
+               meta_file: str = "valid_meta.json", annotations: str = "Annotations",
+               bound_th: float = DEFAULT_BOUND_TH) -> tuple[dict[str, float], list[dict]]:
     """LVOS v1 (lvos-evaluation 9ff733c) scores of ``<results_dir>/<video>/<8-digit>.png``.
 
-    lvos_root: the split folder holding ``meta_file`` and ``annotations/<video>/`` (dense GT).
-    unseen_videos: the toolkit's ``unseen_videos.txt`` (path) or the names themselves.
-    Each object is scored on ``range(start, end, 5)`` of its meta frame range. Group means are over
-    objects of seen / unseen videos; J-Mean = mean of the two groups' J, likewise F and V, and
-    J&F-Mean = mean of J-seen, J-unseen, F-seen, F-unseen. Where one group has no object (a subset
-    of the split) the toolkit would print NaN; here the other group alone gives the number.
-    Rows: ``Sequence`` = ``<video>_<k>`` with k the object's 1-based position in the meta file,
-    ``object_id``, ``J-Mean``, ``F-Mean``, ``V-Mean``, ``unseen``.
+    lvos_root: the split folder holding ``meta_file`` and ``annotations/<video>/`` (dense GT). J-Mean = mean of
+    the seen and unseen groups' J, likewise F and V; J&F-Mean = mean of J-seen, J-unseen, F-seen, F-unseen
+    (one group alone where a subset has no video of the other). Rows: ``Sequence`` = ``<video>_<k>``.
     """
     lvos_root, results_dir = Path(lvos_root), Path(results_dir)
     meta_path = lvos_root / meta_file
     videos = read_json(meta_path, "LVOS meta file").get("videos")
     if not isinstance(videos, dict):
         raise DatasetError(f"{meta_path}: expected a top-level 'videos' object")
-    unseen = _read_unseen(unseen_videos)
-    rows = []
+    unseen = read_unseen_videos(unseen_videos)
+    metric = JFMetric("lvos")
     for video in sorted(videos):
         objects = (videos[video] or {}).get("objects") or {}
-        scores = _lvos_video_scores(lvos_root, annotations, results_dir, video, objects, meta_path, bound_th)
-        for k, ((j, f), key) in enumerate(zip(scores, objects)):
-            rows.append({
-                "Sequence": f"{video}_{k + 1}", "video": video, "object_id": int(key),
-                "J-Mean": float(np.nanmean(j)) if j.size else float("nan"),
-                "F-Mean": float(np.nanmean(f)) if f.size else float("nan"),
-                "V-Mean": lvos_variation(j, f), "unseen": video in unseen,
-            })
-    return _lvos_global_row(rows), rows
-
-
-def _lvos_global_row(rows: list[dict]) -> dict[str, float]:
-    def group_mean(column: str, unseen: bool) -> float:
-        values = [r[column] for r in rows if r["unseen"] == unseen]
-        return float(np.mean(values)) if values else float("nan")
-
-    def over_groups(*values: float) -> float:
-        present = [v for v in values if not math.isnan(v)]
-        return float(np.mean(present)) if present else float("nan")
-
-    out = {}
-    for m in ("J", "F", "V"):
-        seen, unseen = group_mean(f"{m}-Mean", False), group_mean(f"{m}-Mean", True)
-        out[f"{m}-seen-Mean"], out[f"{m}-unseen-Mean"] = seen, unseen
-        out[f"{m}-Mean"] = over_groups(seen, unseen)
-    out["J&F-Mean"] = over_groups(out["J-seen-Mean"], out["F-seen-Mean"], out["J-unseen-Mean"], out["F-unseen-Mean"])
-    return {c: out[c] for c in LVOS_GLOBAL_COLUMNS}
+        ranges = {}
+        for key, obj in objects.items():
+            if not isinstance(obj, dict) or "frame_range" not in obj:
+                raise DatasetError(f"{meta_path}: video '{video}' object {key!r} has a malformed frame_range "
+                                   f"('frame_range' missing)")
+            ranges[key] = obj["frame_range"]
+        numbers = sorted({n for r in ranges.values() if isinstance(r, dict) and {"start", "end"} <= set(r)
+                          for n in lvos_frame_numbers(r["start"], r["end"])})
+        plan = lvos_plan(video, [f"{n:08d}" for n in numbers], ranges, video in unseen, meta_path)
+        scorer = VideoScorer(plan, bound_th)
+        for index, number in enumerate(numbers):
+            gt_path = lvos_root / annotations / video / f"{number:08d}.png"
+            if not gt_path.is_file():
+                raise DatasetError(f"{gt_path}: LVOS ground truth for a scored frame is missing")
+            truth = read_mask(gt_path)
+            scorer.add(index, read_result(results_dir, video, f"{number:08d}", gt_path, truth.shape), truth)
+        metric.update(scorer)
+    return metric.compute(), metric.per_object_rows()
 
 
 # ---------------------------------------------------------------- CSV tables
@@ -303,9 +367,8 @@ def write_table_csv(path: str | Path, columns: Sequence[str], rows: Sequence[dic
     return path
 
 
-def write_davis_csvs(
-    results_dir: str | Path, split: str, global_row: dict, per_sequence_rows: Sequence[dict]
-) -> tuple[Path, Path]:
+def write_davis_csvs(results_dir: str | Path, split: str, global_row: dict, per_sequence_rows: Sequence[dict]
+                     ) -> tuple[Path, Path]:
     """``global_results-<split>.csv`` and ``per-sequence_results-<split>.csv`` in ``results_dir``, as the toolkit."""
     results_dir = Path(results_dir)
     g = write_table_csv(results_dir / f"global_results-{split}.csv", GLOBAL_COLUMNS, [global_row])
@@ -313,11 +376,17 @@ def write_davis_csvs(
     return g, s
 
 
-def write_lvos_csvs(
-    results_dir: str | Path, split: str, global_row: dict, per_sequence_rows: Sequence[dict]
-) -> tuple[Path, Path]:
+def write_lvos_csvs(results_dir: str | Path, split: str, global_row: dict, per_sequence_rows: Sequence[dict]
+                    ) -> tuple[Path, Path]:
     """The LVOS v1 tables (with seen/unseen and V columns), named as :func:`write_davis_csvs`."""
     results_dir = Path(results_dir)
     g = write_table_csv(results_dir / f"global_results-{split}.csv", LVOS_GLOBAL_COLUMNS, [global_row])
     s = write_table_csv(results_dir / f"per-sequence_results-{split}.csv", LVOS_SEQUENCE_COLUMNS, per_sequence_rows)
     return g, s
+
+
+def write_protocol_csvs(results_dir: str | Path, split: str, protocol: str, global_row: dict, rows: list[dict]
+                        ) -> None:
+    """The toolkit's CSV pair for ``protocol`` (the global row and per-object rows of a gathered ``JFMetric``)."""
+    write = write_lvos_csvs if protocol == "lvos" else write_davis_csvs
+    write(results_dir, split, global_row, rows)

@@ -1,17 +1,32 @@
-"""train.py's body: build everything from the Hydra config and run Lightning's fit loop."""
+"""train.py's body: build everything from the Hydra config, check it, run Lightning's fit loop, report.
+
+A run lives in one folder, ``logs/train/runs/<run_name>`` (a time stamp unless ``run_name=`` is given), and
+every resume of it continues there (``ckpt_path=last`` finds the newest run with a ``last.ckpt``; see
+``rundir``). Before training starts the config is checked: the checkpoint to resume from (readable, a training
+checkpoint, the same network), the validation set (videos with ground truth) and every monitored metric.
+"""
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mavos.checkpoints.loading import load_network_weights
+from mavos.checkpoints.loading import (CheckpointError, architecture_differences, load_network_weights,
+                                       network_record, network_state, read_checkpoint, stored_network)
+from mavos.data.io import atomic_save, remove_stale_temporaries
+from mavos.registry import ConfigError, describe
+from mavos.training.rundir import find_last_checkpoint
 
 log = logging.getLogger(__name__)
+
+# what the module logs; a monitor outside this list is never logged (ModelCheckpoint / EarlyStopping)
+LOGGED_METRICS = ("val/J&F", "val/J", "val/F", "val/fps", "train/loss", "train/frame_loss", "train/aux_loss", "step")
 
 
 def instantiate_group(cfg: DictConfig | None) -> list:
@@ -21,45 +36,207 @@ def instantiate_group(cfg: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def resolve_resume(ckpt_path: str | None, output_dir: str) -> str | None:
+def model_choice() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("model")
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------- checks before training
+
+def resolve_resume(ckpt_path: str | None, output_dir: str | Path, runs_dir: str | Path) -> str | None:
+    """The checkpoint to resume from: a path, or ``last`` (this run's ``checkpoints/last.ckpt``)."""
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
         path = Path(output_dir) / "checkpoints" / "last.ckpt"
-    else:
-        path = Path(ckpt_path)
+        if not path.is_file():
+            found = find_last_checkpoint(runs_dir)
+            searched = f"{Path(output_dir) / 'checkpoints'}" + (f" and {runs_dir}/*/checkpoints" if found is None else "")
+            raise CheckpointError(f"ckpt_path=last: no last.ckpt to resume from (searched {searched}); start a new "
+                                  f"run without ckpt_path, or name the run with run_name=<name>")
+        return str(path)
+    path = Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint to resume from does not exist")
+        raise CheckpointError(f"{path}: checkpoint to resume from does not exist")
     return str(path)
 
 
+def check_resume_checkpoint(path: str, net_config: dict, model_name: str | None) -> None:
+    """Refuse, before training, a file that is not a training checkpoint of this network (naming both)."""
+    ckpt = read_checkpoint(path)
+    if "optimizer_states" not in ckpt or "loops" not in ckpt:
+        raise CheckpointError(f"{path}: not a training checkpoint (no optimizer or loop state; a converted or "
+                              f"weights-only file): start from its weights with init_from={path} instead")
+    record = stored_network(ckpt)
+    if record is not None:
+        diffs = architecture_differences(record["config"], net_config)
+        if diffs:
+            raise CheckpointError(
+                f"{path}: the checkpoint holds {record.get('model') or 'a network'} ({describe(record['config'])}) "
+                f"but this run trains {model_name or 'another network'} ({describe(net_config)}): "
+                + "; ".join(diffs[:5]))
+        return
+    from mavos.checkpoints.loading import load_state
+    from mavos.registry import build_network
+
+    try:
+        load_state(build_network(net_config), network_state(ckpt, path), path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (an older checkpoint without its network config; this run trains "
+                              f"{model_name or 'the configured model'}: {describe(net_config)})") from None
+
+
+def check_monitors(callbacks: list, validates: bool) -> None:
+    """Every monitored metric must be one the run logs, and val/* needs validation."""
+    for cb in callbacks:
+        monitor = getattr(cb, "monitor", None)
+        if not monitor:
+            continue
+        name = type(cb).__name__
+        if monitor not in LOGGED_METRICS:
+            raise ConfigError(f"callbacks: {name} monitors {monitor!r}, which is never logged; choose one of "
+                              f"{', '.join(LOGGED_METRICS)}")
+        if monitor.startswith("val/") and not validates:
+            raise ConfigError(f"callbacks: {name} monitors {monitor!r} but this run does not validate "
+                              f"(data.val_videos=0 or no val set): set callbacks.model_checkpoint.monitor=null or "
+                              f"give validation videos")
+
+
+def check_validation(datamodule, protocol: str) -> None:
+    """Validation videos must exist and carry ground truth under the data config's protocol."""
+    from mavos.metrics.protocols import plan_for_record
+
+    if protocol == "none":
+        raise ConfigError("data.val_protocol / data.protocol is none (a server-scored set has no ground truth) but "
+                          "training validates: point data.module.train_val_reader at videos with ground truth (e.g. a "
+                          "held-out slice of the train split, as data=ytvos does) or set data.val_videos=0")
+    videos = datamodule.validation_videos()
+    if not videos:
+        raise ConfigError("data.val_videos selects no video to validate on; set data.val_videos=0 to train without "
+                          "validation")
+    for record in videos:
+        plan = plan_for_record(record, protocol)
+        if plan is None or not plan.frame_indices:
+            gt = record.gt_annotations or record.annotations
+            where = Path(next(iter(gt.values()))).parent if gt else record.name
+            raise ConfigError(f"{where}: validation video '{record.name}' has no ground truth to score beyond its "
+                              f"first frame (protocol {protocol}); validate on a set with ground truth")
+
+
+def checkpoint_without_validation(cfg: DictConfig) -> None:
+    """No validation (``data.val_videos=0``): keep the newest checkpoints every ``val_check_interval`` steps
+    instead of the best by val/J&F (nothing would be logged to choose by)."""
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    if node is None or not str(node.get("monitor") or "").startswith("val/"):
+        return
+    every = int(cfg.trainer.get("val_check_interval") or 1000)
+    with open_dict(cfg):
+        node.monitor, node.mode, node.filename = "step", "max", "step_{step:06d}"
+        node.every_n_train_steps = every
+    log.info("no validation: a checkpoint every %d steps (trainer.val_check_interval), the %s newest kept",
+             every, node.get("save_top_k"))
+
+
+# ---------------------------------------------------------------- W&B run identity
+
+def wandb_run_id(output_dir: Path) -> str:
+    """A stable W&B run id for this run folder: resumed runs continue the same W&B run."""
+    path = output_dir / "wandb_run_id.txt"
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    atomic_save(lambda tmp: Path(tmp).write_text(run_id + "\n"), path)
+    return run_id
+
+
+# ---------------------------------------------------------------- the run
+
 def train(cfg: DictConfig) -> dict[str, float]:
+    output_dir = Path(cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
+    net_config = OmegaConf.to_container(cfg.model.net, resolve=True)
+    name = model_choice()
+    runs_dir = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+    resume = resolve_resume(cfg.get("ckpt_path"), output_dir, runs_dir)
+    if resume:
+        check_resume_checkpoint(resume, net_config, name)
+        log.info("resuming from %s", resume)
+    remove_stale_temporaries(output_dir / "checkpoints")
+
     datamodule = hydra.utils.instantiate(cfg.data.module)
     model = hydra.utils.instantiate(cfg.model)
+    model.network_record = network_record(net_config, name)
     if model.hparams.total_steps is None and cfg.trainer.get("max_steps", -1) > 0:
         model.hparams.total_steps = int(cfg.trainer.max_steps)
     if cfg.get("init_from"):
         load_network_weights(model.net, cfg.init_from)
         log.info("initialised the network from %s", cfg.init_from)
+
+    validates = datamodule.validates and not cfg.trainer.get("fast_dev_run")
+    if not validates:
+        checkpoint_without_validation(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
+    check_monitors(callbacks, validates)
+    if cfg.get("logger") and cfg.logger.get("wandb") is not None:
+        with open_dict(cfg):
+            cfg.logger.wandb.id = cfg.logger.wandb.get("id") or wandb_run_id(output_dir)
+            cfg.logger.wandb.resume = "allow"
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # nothing to report learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer_overrides = {} if validates else {"limit_val_batches": 0}
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                                 **trainer_overrides)
+    if validates:
+        if trainer.is_global_zero:
+            datamodule.prepare_data()  # Lightning runs it again (it is idempotent); the check needs the data
+        check_validation(datamodule, cfg.data.get("val_protocol") or cfg.data.get("protocol", "davis"))
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     n_params = sum(p.numel() for p in model.net.parameters())
-    log.info("network: %s parameters; memory policy %s", f"{n_params:,}", type(model.net.memory).__name__)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_resume(cfg.get("ckpt_path"), cfg.paths.output_dir))
+    log.info("network: %s parameters; %s", f"{n_params:,}", describe(net_config))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    finally:
+        for lg in loggers:  # the next job of a multirun in this process starts its own W&B run
+            if type(lg).__name__ == "WandbLogger" and trainer.is_global_zero and lg._experiment is not None:
+                lg.experiment.finish()
+
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    best = None
-    for cb in callbacks:
-        if isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
-            best = cb.last_model_path or cb.best_model_path
-    if best:
-        log.info("checkpoint: %s", best)
-    metrics["_checkpoint"] = best
+    summary = run_summary(trainer, model, cfg)
+    metrics.update({k: v for k, v in summary.items() if isinstance(v, float)})
+    if trainer.is_global_zero:
+        text = json.dumps(summary, indent=2)
+        atomic_save(lambda tmp: Path(tmp).write_text(text + "\n"), output_dir / "job_summary.json")
+    metrics["_checkpoint"] = summary.get("checkpoint")
     return metrics
+
+
+def run_summary(trainer: L.Trainer, model, cfg: DictConfig) -> dict:
+    """One row of a sweep's table: what the job trained, its best val J&F, speed and checkpoints."""
+    best, best_path, last = None, None, None
+    for cb in trainer.callbacks:
+        if isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
+            if cb.best_model_score is not None:
+                best, best_path = float(cb.best_model_score), cb.best_model_path
+            last = cb.last_model_path or last
+    history = getattr(model, "val_history", [])
+    fps = trainer.callback_metrics.get("val/fps")
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        overrides = []
+    return {
+        "overrides": overrides, "output_dir": str(cfg.paths.output_dir), "global_step": int(trainer.global_step),
+        "val/J&F": best if best is not None else (max(v for _, v in history) if history else None),
+        "val/fps": float(fps) if fps is not None else None,
+        "checkpoint": best_path or last, "last_checkpoint": last,
+    }

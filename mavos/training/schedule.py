@@ -15,13 +15,17 @@ def recipe_lr(step: int, total_steps: int, base_lr: float, min_lr: float, warmup
 
 
 class RecipeLRLambda:
-    """Picklable LambdaLR factor (checkpoints store the scheduler)."""
+    """Picklable LambdaLR factor (checkpoints store the scheduler). ``zero_from``: the factor is 0 from that step
+    on (the ID bank once sequential training starts)."""
 
     def __init__(self, total_steps: int, base_lr: float, min_lr: float, warmup_ratio: float = 0.05,
-                 power: float = 0.9, ratio: float = 1.0):
+                 power: float = 0.9, ratio: float = 1.0, zero_from: int | None = None):
         self.total_steps, self.base_lr, self.min_lr = total_steps, base_lr, min_lr
         self.warmup_ratio, self.power, self.ratio = warmup_ratio, power, ratio
+        self.zero_from = zero_from
 
     def __call__(self, step: int) -> float:
+        if self.zero_from is not None and step >= self.zero_from:
+            return 0.0
         lr = recipe_lr(step, self.total_steps, self.base_lr, self.min_lr, self.warmup_ratio, self.power)
         return (self.min_lr + (lr - self.min_lr) * self.ratio) / self.base_lr

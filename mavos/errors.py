@@ -1,0 +1,30 @@
+"""The errors a user can fix (bad data, checkpoint, config): the entry points print their message alone.
+
+Every expected error derives from ``MavosError`` and names the file or key and what is wrong; train.py,
+evaluate.py and the converter end with that message and exit code 1 instead of a traceback (set
+``HYDRA_FULL_ERROR=1`` for the full trace). Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class MavosError(Exception):
+    """Base of the errors whose message is all a user needs."""
+
+
+def report_expected_errors(fn: Callable[[], T], program: str) -> T:
+    """Run ``fn``; a ``MavosError`` prints ``<program>: error: <message>`` and exits 1 (full trace with
+    ``HYDRA_FULL_ERROR=1``)."""
+    try:
+        return fn()
+    except MavosError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"{program}: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

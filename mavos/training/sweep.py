@@ -1,0 +1,61 @@
+"""A multirun's summary: one row per job (its overrides, best val/J&F, val FPS, checkpoint) under the sweep folder.
+
+Each training job writes ``job_summary.json`` into its own folder (``mavos.training.run``); this Hydra callback
+collects them when the multirun ends (every launcher: local, joblib, SLURM) into ``<sweep dir>/summary.csv``,
+best first, and prints the table.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mavos.data.io import atomic_save
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("job", "overrides", "val/J&F", "val/fps", "global_step", "checkpoint")
+
+
+def collect_job_summaries(sweep_dir: Path) -> list[dict]:
+    rows = []
+    for path in sorted(sweep_dir.glob("*/job_summary.json")):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            log.warning("%s: unreadable job summary, skipped", path)
+            continue
+        rows.append({"job": path.parent.name, "overrides": " ".join(data.get("overrides", [])),
+                     "val/J&F": data.get("val/J&F"), "val/fps": data.get("val/fps"),
+                     "global_step": data.get("global_step"), "checkpoint": data.get("checkpoint")})
+    rows.sort(key=lambda r: -(r["val/J&F"] if r["val/J&F"] is not None else float("-inf")))
+    return rows
+
+
+def write_sweep_summary(sweep_dir: str | Path) -> Path | None:
+    sweep_dir = Path(sweep_dir)
+    rows = collect_job_summaries(sweep_dir)
+    if not rows:
+        return None
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row[k] is None else (f"{row[k]:.4f}" if isinstance(row[k], float) else row[k]))
+                         for k in COLUMNS})
+    path = sweep_dir / "summary.csv"
+    atomic_save(lambda tmp: Path(tmp).write_text(buf.getvalue()), path)
+    return path
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        path = write_sweep_summary(config.hydra.sweep.dir)
+        if path is not None:
+            print(f"sweep summary ({path}):\n{path.read_text()}", flush=True)

@@ -1,0 +1,194 @@
+"""The one per-video function and the one scoring path: streaming scores equal scores of the written PNGs,
+LVOS from reader metadata equals the toolkit mirror, bounded subsets, resume records, empty ranks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mavos.data.davis import DavisReader
+from mavos.data.io import write_frame, write_mask
+from mavos.data.lvos import LVOSReader
+from mavos.data.records import DatasetError, VideoRecord, select_videos, truncate_record
+from mavos.evaluation.evaluator import copy_first_frame_scores, segment_video
+from mavos.evaluation.run import load_progress, save_progress
+from mavos.metrics.jf import JFMetric
+from mavos.metrics.protocols import VideoScorer, plan_for_record, score_lvos, score_saved_video
+from mavos.registry import build_network
+
+H, W = 40, 56
+
+
+def moving_square(t: int, obj: int = 1, size: int = 12, y: int = 8) -> np.ndarray:
+    m = np.zeros((H, W), np.uint8)
+    m[y:y + size, 4 + 3 * t: 4 + 3 * t + size] = obj
+    return m
+
+
+def frame_of(mask: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    f = rng.integers(40, 90, (H, W, 3), dtype=np.uint8)
+    f[mask == 1] = (230, 60, 40)
+    f[mask == 2] = (40, 200, 230)
+    return f
+
+
+@pytest.fixture(scope="module")
+def davis(tmp_path_factory) -> Path:
+    """Two DAVIS-layout val videos: 'one' (1 object, 7 frames), 'two' (8 frames; an object 2 from frame 3)."""
+    root = tmp_path_factory.mktemp("davis")
+    for name, n in (("one", 7), ("two", 8)):
+        for t in range(n):
+            m = moving_square(t)
+            if name == "two" and t >= 3:
+                m[26:36, 40:50] = 2
+            m[H - 1, :] = 255  # a void row
+            write_frame(root / "JPEGImages/480p" / name / f"{t:05d}.jpg", frame_of(m, t))
+            write_mask(root / "Annotations/480p" / name / f"{t:05d}.png", m)
+    (root / "ImageSets/2017").mkdir(parents=True)
+    (root / "ImageSets/2017/val.txt").write_text("one\ntwo\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return build_network("mavos_mbv2").eval()
+
+
+def test_streaming_scores_equal_the_scores_of_the_written_pngs(davis, net, tmp_path):
+    records = DavisReader(davis, split="val").videos()
+    for record in records:
+        result = segment_video(net, record, protocol="davis", results_dir=tmp_path, progress=False)
+        saved = score_saved_video(record, plan_for_record(record, "davis"), tmp_path)
+        for a, b in zip(result.scorer.rows()[0] + result.scorer.rows()[1], saved.rows()[0] + saved.rows()[1]):
+            np.testing.assert_array_equal(a, b)
+        assert result.frames == len(record) and result.model_seconds > 0
+        assert sorted(p.stem for p in (tmp_path / record.name).glob("*.png")) == record.frame_names
+    # DAVIS scores the objects of the first annotation: object 2 of 'two' (from frame 3) is neither given nor scored
+    assert plan_for_record(records[1], "davis").objects == [1]
+
+
+def test_davis_plan_skips_first_and_last_frames(davis):
+    record = DavisReader(davis, split="val").videos()[0]
+    plan = plan_for_record(record, "davis")
+    assert plan.frame_indices == [1, 2, 3, 4, 5] and plan.slots == {1: 5}
+    ltv_like = plan_for_record(record, "ltv")
+    assert ltv_like.frame_indices == [1, 2, 3, 4, 5, 6] and ltv_like.binarize
+
+
+def test_copy_first_frame_baseline_through_the_same_scorer(davis):
+    record = DavisReader(davis, split="val").videos()[0]
+    scorer = copy_first_frame_scores(record, plan_for_record(record, "davis"))
+    j = scorer.rows()[0][0]
+    # square of 12 px shifted by 3t px: IoU = (12 - 3t) / (12 + 3t) while they overlap (t < 4), then 0
+    expected = [max(0, 12 - 3 * t) / (12 + min(12, 3 * t)) for t in range(1, 6)]
+    np.testing.assert_allclose(j, expected, rtol=1e-9)
+
+
+def test_select_videos_by_count_names_and_frames(davis):
+    records = DavisReader(davis, split="val").videos()
+    assert [r.name for r in select_videos(records, 1)] == ["one"]
+    assert [r.name for r in select_videos(records, ["two"])] == ["two"]
+    cut = select_videos(records, None, max_frames=4)
+    assert [len(r) for r in cut] == [4, 4] and max(cut[1].annotations) == 3
+    with pytest.raises(DatasetError, match="'three'"):
+        select_videos(records, ["three"], source="data.val_videos")
+    assert truncate_record(records[0], 100) is records[0]
+
+
+def test_progress_record_round_trip(davis, net, tmp_path):
+    record = DavisReader(davis, split="val").videos()[0]
+    plan = plan_for_record(record, "davis")
+    result = segment_video(net, record, plan=plan, progress=False)
+    save_progress(tmp_path, result, "abc")
+    back = load_progress(tmp_path, record, plan, "abc")
+    assert back is not None and back.frames == result.frames
+    for a, b in zip(back.scorer.rows()[0], result.scorer.rows()[0]):
+        np.testing.assert_array_equal(a, b)
+    assert load_progress(tmp_path, record, plan, "another checkpoint") is None
+    assert not list(tmp_path.rglob(".*.tmp*"))
+
+
+def test_a_mask_of_another_size_mid_video_names_file_and_frame(davis, net, tmp_path):
+    import shutil
+
+    root = tmp_path / "davis"
+    shutil.copytree(davis, root)
+    write_mask(root / "Annotations/480p/two/00003.png", np.full((H // 2, W // 2), 2, np.uint8))
+    record = DavisReader(root, split="val").videos()[1]
+    with pytest.raises(DatasetError) as err:
+        segment_video(net, record, protocol="davis", progress=False)
+    assert "two/00003.png" in str(err.value) and "frame 3" in str(err.value)
+
+
+# ---------------------------------------------------------------- LVOS: reader metadata vs the toolkit mirror
+
+def test_lvos_streaming_plan_equals_the_toolkit_rules(tmp_path):
+    split = tmp_path / "LVOS" / "val"
+    meta = {"videos": {
+        "seenvid": {"objects": {"1": {"frame_range": {"start": 1, "end": 16, "frame_nums": 3}}}},
+        "newvid": {"objects": {"2": {"frame_range": {"start": 2, "end": 12, "frame_nums": 3}}}},
+    }}
+    split.mkdir(parents=True)
+    (split / "valid_meta.json").write_text(json.dumps(meta))
+    results = tmp_path / "res"
+    for t in range(1, 17):
+        for video, obj in (("seenvid", 1), ("newvid", 2)):
+            gt = moving_square(t % 5, obj)
+            if (video == "seenvid" and t >= 1) or (video == "newvid" and t >= 2):
+                write_mask(split / "Annotations" / video / f"{t:08d}.png", gt)
+            write_frame(split / "JPEGImages" / video / f"{t:08d}.jpg", frame_of(gt, t))
+            pred = moving_square((t + (t % 3)) % 5, obj)  # right on some frames, off on others
+            write_mask(results / video / f"{t:08d}.png", pred)
+        write_mask(split / "Annotations_convert" / "seenvid" / "00000001.png", moving_square(1, 1))
+    write_mask(split / "Annotations_convert" / "newvid" / "00000002.png", moving_square(2, 2))
+    unseen = tmp_path / "unseen_videos.txt"
+    unseen.write_text("newvid\n")
+    toolkit_row, toolkit_rows = score_lvos(split, results, unseen_videos=unseen)
+
+    records = LVOSReader(tmp_path / "LVOS", split="val", unseen_videos=unseen).videos()
+    metric = JFMetric("lvos")
+    for record in sorted(records, key=lambda r: r.name):
+        metric.update(score_saved_video(record, plan_for_record(record, "lvos"), results))
+    assert metric.compute() == pytest.approx(toolkit_row)
+    ours = metric.per_object_rows()
+    assert [r["Sequence"] for r in ours] == [r["Sequence"] for r in toolkit_rows]
+    for a, b in zip(ours, toolkit_rows):
+        assert (a["J-Mean"], a["F-Mean"], a["V-Mean"]) == pytest.approx((b["J-Mean"], b["F-Mean"], b["V-Mean"]))
+    assert 0 < toolkit_row["J&F-Mean"] < 1
+
+
+def test_metric_states_are_shaped_so_that_an_empty_rank_can_gather():
+    metric = JFMetric()
+    for _ in range(2):
+        for name in ("stats", "object_ids", "video_names", "variation", "unseen", "positions"):
+            state = getattr(metric, name)
+            assert isinstance(state, list) and len(state) == 1 and state[0].shape[0] == 0
+        assert metric.video_names[0].shape == (0, 256) and metric.stats[0].shape == (0, 6)
+        assert np.isnan(metric.compute()["J&F-Mean"])
+        metric.reset()
+
+
+def test_unfilled_lvos_slots_count_zero():
+    from mavos.metrics.protocols import ScorePlan
+
+    plan = ScorePlan("v", [1], {1: 3}, {0: [(1, 0)], 5: [(1, 1)]})
+    scorer = VideoScorer(plan)
+    square = moving_square(0)
+    scorer.add(0, square, square)
+    scorer.add(5, square, square)
+    assert scorer.rows()[0][0].tolist() == [1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("count,world", [(2, 2), (5, 2), (2, 3), (10, 4), (30, 8), (1, 1)])
+def test_validation_shards_cover_every_video_once_with_panels_on_rank_0(count, world):
+    from mavos.data.datamodule import panel_count, shard_videos
+
+    shards = [shard_videos(count, r, world, panels=2) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(count))
+    assert set(range(panel_count(count, world, 2))) <= set(shards[0])
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1   # balanced

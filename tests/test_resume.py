@@ -1,0 +1,182 @@
+"""Runs that survive: kill -9 and resume, SLURM preemption (SIGUSR1 -> checkpoint + requeue), atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mavos.data.io import atomic_save, remove_stale_temporaries
+from tests.conftest import ROOT, SMALL_CLIPS, TINY_SYNTHETIC, run_script
+from tests.probes import checkpoint_state
+
+# 8 steps, a checkpoint (after a 1-video, 4-frame validation) every 2 steps, the recipe's EMA
+RUN = [*TINY_SYNTHETIC, *SMALL_CLIPS, "trainer.max_steps=8", "trainer.val_check_interval=2", "data.val_videos=1",
+       "data.val_max_frames=4", "callbacks=ema", "callbacks.ema.total_steps=100", "trainer.log_every_n_steps=1"]
+
+
+def _probe(out: Path) -> list[str]:
+    return ["+callbacks.probe._target_=tests.probes.ResumeProbe", f"+callbacks.probe.out={out}"]
+
+
+def _ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def _env(root: Path, **extra) -> dict:
+    env = dict(os.environ, PROJECT_ROOT=str(root), WANDB_MODE="offline", WANDB_SILENT="true", PYTHONWARNINGS="ignore",
+               PYTHONPATH=str(ROOT), **extra)
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 600, what: str = "") -> None:
+    start = time.time()
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process ended (exit {proc.returncode}) before {what}\n{out[-2000:]}\n{err[-4000:]}")
+        if time.time() - start > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _steps(probe: Path) -> list[dict]:
+    path = probe / "steps.txt"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.slow
+def test_kill_9_then_ckpt_path_last_resumes_where_the_run_stopped(tmp_path: Path):
+    # the uninterrupted run, for the learning rates
+    ref_probe = tmp_path / "probe_ref"
+    _ok(run_script("train.py", *RUN, "logger=csv", "run_name=ref", *_probe(ref_probe), cwd=tmp_path))
+    reference_lrs = {row["step"]: row["lrs"] for row in _steps(ref_probe)}
+
+    probe = tmp_path / "probe_killed"
+    run = tmp_path / "logs/train/runs/killed"
+    last = run / "checkpoints/last.ckpt"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *RUN, "logger=many", "run_name=killed",
+                             *_probe(probe)], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(last.is_file, proc, what="the first checkpoint")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    reached = max(row["step"] for row in _steps(probe))
+    saved = checkpoint_state(last)
+    assert 2 <= saved["global_step"] < 8
+    assert reached - saved["global_step"] <= 2  # at most one checkpoint interval lost
+    for ckpt in (run / "checkpoints").glob("*.ckpt"):
+        torch.load(ckpt, map_location="cpu", weights_only=False)  # no file is partial
+
+    resumed = _ok(run_script("train.py", *RUN, "logger=many", "run_name=killed", "ckpt_path=last", *_probe(probe),
+                             cwd=tmp_path))
+    start = json.loads((probe / "start-1.json").read_text())
+    assert start["global_step"] == saved["global_step"]                      # continues at the saved step
+    assert start["scheduler_last_epoch"] == saved["scheduler_last_epoch"]
+    assert start["lrs"] == pytest.approx(saved["lrs"])
+    assert start["moments"] == saved["moments"] and start["exp_avg_sum"] == pytest.approx(saved["exp_avg_sum"],
+                                                                                          rel=1e-9)
+    assert start["ema_n_averaged"] == saved["ema_n_averaged"] == saved["global_step"] + 1
+    assert start["ema_sum"] == pytest.approx(saved["ema_sum"], rel=1e-9)
+    after = [row for row in _steps(probe) if row["step"] > saved["global_step"]]
+    for row in after:                                                         # the same schedule as uninterrupted
+        assert row["lrs"] == pytest.approx(reference_lrs[row["step"]])
+    assert checkpoint_state(last)["global_step"] == 8
+    # one folder, one W&B run, no other run folder made by the resume
+    assert sorted(p.name for p in (tmp_path / "logs/train/runs").iterdir()) == ["killed", "ref"]
+    run_ids = {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")}
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 2 and len(run_ids) == 1
+    assert "resuming from" in resumed.stdout + resumed.stderr
+
+
+@pytest.mark.slow
+def test_sigusr1_on_slurm_saves_a_checkpoint_requeues_and_the_requeued_job_resumes(tmp_path: Path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "scontrol_calls.txt"
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {record}\n")
+    scontrol.chmod(0o755)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
+             "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    args = [*TINY_SYNTHETIC, *SMALL_CLIPS, "trainer.max_steps=6", "trainer.val_check_interval=3",
+            "data.val_videos=0", "logger=csv", "run_name=slurm"]
+    probe = tmp_path / "probe"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, *_probe(probe)], cwd=tmp_path,
+                            env=_env(tmp_path, **slurm), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: len(_steps(probe)) >= 2, proc, what="two training steps")
+    proc.send_signal(signal.SIGUSR1)
+    run = tmp_path / "logs/train/runs/slurm"
+    _wait_for(lambda: record.is_file() and list(run.glob("hpc_ckpt_*.ckpt")), proc, what="the hpc checkpoint")
+    proc.send_signal(signal.SIGKILL)  # SLURM ends the job
+    proc.communicate()
+    assert record.read_text().split() == ["requeue", "4242"]
+    hpc = sorted(run.glob("hpc_ckpt_*.ckpt"))
+    saved = checkpoint_state(hpc[-1])
+    assert saved["global_step"] >= 2
+    # the requeued job runs the same command: Lightning restores the hpc checkpoint from the run folder
+    _ok(subprocess.run([sys.executable, str(ROOT / "train.py"), *args, *_probe(probe)], cwd=tmp_path,
+                       env=_env(tmp_path, **slurm), capture_output=True, text=True, timeout=600))
+    assert json.loads((probe / "start-1.json").read_text())["global_step"] == saved["global_step"]
+    assert checkpoint_state(run / "checkpoints/last.ckpt")["global_step"] == 6
+
+
+def test_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_dir
+
+    from mavos.training.rundir import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.nodes=2",
+                                          "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu",
+                                          "trainer=ddp", "trainer.num_nodes=2", "paths.root_dir=/tmp/x"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (2, 4, 4, "gpu")
+    assert launcher.additional_parameters.signal == "USR1@120"  # Lightning's requeue signal
+    assert cfg.trainer.num_nodes == 2
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def test_atomic_save_keeps_the_old_file_when_a_write_dies(tmp_path: Path):
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"previous checkpoint")
+    seen = []
+
+    def dies(tmp):
+        seen.append(Path(tmp))
+        Path(tmp).write_bytes(b"half")
+        raise KeyboardInterrupt  # SIGINT / SIGTERM handlers that raise land here
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save(dies, target)
+    assert target.read_bytes() == b"previous checkpoint"
+    assert seen[0].parent == tmp_path            # the temporary file lives beside its destination ...
+    assert not seen[0].exists() and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # ... and is gone
+
+
+def test_atomic_writes_follow_the_umask_and_stale_temporaries_are_removed(tmp_path: Path):
+    old = os.umask(0o022)
+    try:
+        atomic_save(lambda tmp: Path(tmp).write_text("x"), tmp_path / "a.csv")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.csv").stat().st_mode) == 0o644
+    stale = tmp_path / ".last.ckpt.123-abcd1234.tmp.ckpt"   # what a kill -9 mid-write leaves
+    stale.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path) == [stale] and not stale.exists()
+    assert (tmp_path / "a.csv").exists()
