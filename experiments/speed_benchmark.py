@@ -15,26 +15,29 @@ ms/frame of regular frames, median ms of the frames that write long-term memory 
 machine's matmul peak measured in the same run (best of a few large matmuls in the run's dtype, before and
 after). Writes ``<out>/<tag>.csv`` (one row per frame: index, ms, memory write, MB) and ``<out>/<tag>.png``.
 
-``--compare-with DIR`` runs the same benchmark with the ``mavos`` package of another checkout (e.g. the code
-before a change) in subprocesses, alternating old and new ``--repeats`` times, and prints both side by side:
-timings on a shared machine are only comparable when measured together.
+``--compare-with DIR`` also loads the ``mavos`` package of another checkout (e.g. the code before a change;
+imported under another name) and runs both in one process, alternating frame by frame (who goes first
+alternates too): on a shared machine only timings taken side by side are comparable. The summary gives both
+and the ratio of their medians.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import os
+import re
 import resource
+import shutil
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The checkout whose ``mavos`` is measured: this one, or the other one of --compare-with (set for the child).
-sys.path.insert(0, os.environ.get("MAVOS_TREE", str(ROOT)))
+sys.path.insert(0, str(ROOT))
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -64,11 +67,55 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
     ap.add_argument("--out", type=Path, default=ROOT / "logs" / "experiments" / "speed")
     ap.add_argument("--tag", default=None, help="file name stem (default from the settings)")
-    ap.add_argument("--json", action="store_true", help="print one JSON line (used by --compare-with)")
+    ap.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     ap.add_argument("--compare-with", type=Path, default=None, metavar="DIR",
-                    help="another checkout whose mavos package to benchmark alongside this one")
-    ap.add_argument("--repeats", type=int, default=2, help="alternations with --compare-with")
+                    help="another checkout whose mavos package runs alongside this one, frame by frame")
     return ap
+
+
+# ---------------------------------------------------------------------------------------------------- packages
+class Contender:
+    """One ``mavos`` package under test: this checkout's, or another checkout's loaded as ``mavos_<label>``."""
+
+    def __init__(self, label: str, package: str):
+        self.label, self.package = label, package
+        self.registry = importlib.import_module(f"{package}.registry")
+        self.session_module = importlib.import_module(f"{package}.inference.session")
+
+    @classmethod
+    def from_checkout(cls, checkout: Path, label: str = "old") -> "Contender":
+        """Copy ``checkout``'s mavos/ and conf/ into a temporary folder as package ``mavos_<label>``, with every
+        reference to ``mavos`` (imports, config ``_target_``s) renamed, so both packages load in one process."""
+        if not (checkout / "mavos" / "__init__.py").is_file() or not (checkout / "conf").is_dir():
+            raise SystemExit(f"--compare-with {checkout}: not a mavos checkout (needs mavos/ and conf/)")
+        name = f"mavos_{label}"
+        base = Path(tempfile.mkdtemp(prefix="mavos_compare_"))
+        shutil.copytree(checkout / "mavos", base / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(checkout / "conf", base / "conf")
+        pattern = re.compile(r"\bmavos(?=\.[a-z_]|\s+import\b|$)", re.M)
+        for path in [*(base / name).rglob("*.py"), *(base / "conf").rglob("*.yaml")]:
+            text = path.read_text()
+            path.write_text(pattern.sub(name, text))
+        sys.path.insert(0, str(base))
+        return cls(label, name)
+
+    def build_network(self, model: str, overrides: list[str]):
+        return self.registry.build_network(model, overrides)
+
+    def session(self, net, args, device, gap, compile: bool):
+        cls = self.session_module.InferenceSession
+        kwargs = {"long_term_gap": gap, "device": device}
+        if args.precision in ("bf16", "fp16"):
+            kwargs["amp"] = args.precision
+        if compile:
+            if not hasattr(cls, "tensor_frames"):
+                raise SystemExit(f"{self.label}: this InferenceSession has no compile option")
+            kwargs["compile"] = True
+        return cls(net, **kwargs)
+
+    @property
+    def accepts_tensors(self) -> bool:
+        return getattr(self.session_module.InferenceSession, "tensor_frames", False)
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
@@ -84,19 +131,19 @@ def matmul_peak(device, dtype, seconds: float = 1.0) -> float:
     import torch
 
     n = 4096 if device.type == "cuda" else 1536
+    reps = 4 if device.type == "cuda" else 1
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = 0.0
-    start = time.perf_counter()
     torch.mm(a, b)
+    start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         sync(device)
         t0 = time.perf_counter()
-        for _ in range(4 if device.type == "cuda" else 1):
+        for _ in range(reps):
             torch.mm(a, b)
         sync(device)
-        dt = (time.perf_counter() - t0) / (4 if device.type == "cuda" else 1)
-        best = max(best, 2 * n ** 3 / dt)
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
     return best
 
 
@@ -120,36 +167,18 @@ def current_memory_mb(device) -> float:
         return float("nan")
 
 
-def make_session(net, args, device, gap):
-    import inspect
-
-    from mavos.inference.session import InferenceSession
-
-    kwargs = {"long_term_gap": gap, "device": device}
-    if args.precision in ("bf16", "fp16"):
-        kwargs["amp"] = args.precision
-    params = inspect.signature(InferenceSession.__init__).parameters
-    if args.compile:
-        if "compile" not in params:
-            raise SystemExit("this checkout's InferenceSession has no compile option")
-        kwargs["compile"] = True
-    return InferenceSession(net, **kwargs), "tensor_frames" in dir(InferenceSession)
-
-
-def frame_source(args, device, accepts_tensors: bool, count: int = 8):
-    """A few distinct random frames, cycled (content does not change the speed)."""
+def video(args, device, contender: Contender, count: int = 8):
+    """A few distinct random frames (cycled: content does not change the speed) and a first mask."""
     import numpy as np
     import torch
-
-    from mavos.inference.session import inference_size
 
     h, w = args.size
     if not args.resize:
         multiple = (16, 0) if "swin" in args.model else (16, 1)
-        h, w = inference_size(h, w, max_long_edge=None, multiple=multiple)
+        h, w = contender.session_module.inference_size(h, w, max_long_edge=None, multiple=multiple)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(count)]
-    if accepts_tensors:
+    if contender.accepts_tensors:
         frames = [torch.from_numpy(f).to(device) for f in frames]
     mask = np.zeros((h, w), dtype=np.int64)
     for k in range(args.objects):
@@ -158,17 +187,16 @@ def frame_source(args, device, accepts_tensors: bool, count: int = 8):
     return frames, mask, (h, w)
 
 
-def count_flops(net, args, device, gap, frames, mask) -> tuple[float, float]:
-    """FLOPs of one regular frame and one memory-write frame (a short separate session)."""
+def count_flops(contender, net, args, device, gap, frames, mask) -> tuple[float, float]:
+    """FLOPs of one regular frame and one memory-write frame after the memory is full (separate session)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    session, _ = make_session(net, argparse.Namespace(**{**vars(args), "compile": False}), device, gap)
+    session = contender.session(net, args, device, gap, compile=False)
     session.add_objects(frames[0], mask)
     regular = write = None
     for t in range(1, 2 * gap + 2):
         is_write = t % gap == 0
-        want = (is_write and t >= 2 * gap and write is None) or (not is_write and t > gap and regular is None)
-        if want:
+        if (is_write and t >= 2 * gap and write is None) or (not is_write and t > gap and regular is None):
             with FlopCounterMode(display=False) as counter:
                 session.step(frames[t % len(frames)])
             if is_write:
@@ -180,10 +208,9 @@ def count_flops(net, args, device, gap, frames, mask) -> tuple[float, float]:
     return float(regular or 0), float(write if write is not None else regular or 0)
 
 
-def run_benchmark(args) -> dict:
+def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
+    """All contenders over the same frames, one frame each in turn; a summary dict per contender."""
     import torch
-
-    from mavos.registry import build_network
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -191,60 +218,72 @@ def run_benchmark(args) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
         torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
-    torch.manual_seed(0)
     overrides = [f"memory={args.memory}"] if args.memory else []
-    net = build_network(args.model, overrides).to(device).eval()
-    gap = args.gap or net.memory.test_gap
+    runs = []
+    for c in contenders:
+        torch.manual_seed(0)
+        net = c.build_network(args.model, overrides).to(device).eval()
+        gap = args.gap or net.memory.test_gap
+        frames, mask, size = video(args, device, c)
+        runs.append({"contender": c, "net": net, "gap": gap, "frames": frames, "mask": mask, "size": size,
+                     "rows": []})
+    gap = runs[0]["gap"]
     warmup = args.warmup if args.warmup is not None else 3 * gap + 5
-    _, accepts_tensors = make_session(net, argparse.Namespace(**{**vars(args), "compile": False}), device, gap)
-    frames, mask, size = frame_source(args, device, accepts_tensors)
-    peak_dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    peak_dtype = peak_dtype[args.precision] if device.type == "cuda" else torch.float32
+    dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    peak_dtype = dtype[args.precision] if device.type == "cuda" else torch.float32
     peak_before = matmul_peak(device, peak_dtype)
-
+    total = warmup + args.frames
     with torch.inference_mode():
-        flops = (0.0, 0.0) if args.no_flops else count_flops(net, args, device, gap, frames, mask)
-        session, _ = make_session(net, args, device, gap)
-        session.add_objects(frames[0], mask)
-        rows = []
-        total = warmup + args.frames
+        for r in runs:
+            r["flops"] = (0.0, 0.0) if args.no_flops else count_flops(r["contender"], r["net"], args, device, gap,
+                                                                      r["frames"], r["mask"])
+            r["session"] = r["contender"].session(r["net"], args, device, gap, args.compile)
+            r["session"].add_objects(r["frames"][0], r["mask"])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-            starts = [torch.cuda.Event(enable_timing=True) for _ in range(total)]
-            ends = [torch.cuda.Event(enable_timing=True) for _ in range(total)]
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         for t in range(1, total + 1):
-            frame = frames[t % len(frames)]
-            if device.type == "cuda":
-                starts[t - 1].record()
-                session.step(frame)
-                ends[t - 1].record()
-                ends[t - 1].synchronize()
-                ms = starts[t - 1].elapsed_time(ends[t - 1])
-            else:
-                t0 = time.perf_counter()
-                session.step(frame)
-                ms = (time.perf_counter() - t0) * 1000
-            rows.append({"frame": t, "ms": round(ms, 3), "memory_write": int(t % gap == 0),
-                         "timed": int(t > warmup), "mb": round(current_memory_mb(device), 1)})
-    peak_after = matmul_peak(device, peak_dtype)
+            order = runs if t % 2 else runs[::-1]
+            for r in order:
+                frame = r["frames"][t % len(r["frames"])]
+                if device.type == "cuda":
+                    start.record()
+                    r["session"].step(frame)
+                    end.record()
+                    end.synchronize()
+                    ms = start.elapsed_time(end)
+                else:
+                    t0 = time.perf_counter()
+                    r["session"].step(frame)
+                    ms = (time.perf_counter() - t0) * 1000
+                r["rows"].append({"frame": t, "ms": round(ms, 3), "memory_write": int(t % gap == 0),
+                                  "timed": int(t > warmup), "mb": round(current_memory_mb(device), 1)})
+    peak = max(peak_before, matmul_peak(device, peak_dtype))
+    return [summarise(r, args, device, gap, warmup, peak) for r in runs]
+
+
+def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> dict:
+    import torch
+
+    rows = run["rows"]
     timed = [r for r in rows if r["timed"]]
     regular = [r["ms"] for r in timed if not r["memory_write"]]
     writes = [r["ms"] for r in timed if r["memory_write"]]
     all_ms = [r["ms"] for r in timed]
     tenth = max(1, len(timed) // 10)
-    peak = max(peak_before, peak_after)
     mean_ms = statistics.fmean(all_ms)
+    flops = run["flops"]
     mean_flops = (flops[0] * len(regular) + flops[1] * len(writes)) / max(1, len(timed))
-    achieved = mean_flops / (mean_ms / 1000) if mean_ms else 0.0
+    achieved = mean_flops / (mean_ms / 1000)
+    size = run["size"]
     return {
-        "model": args.model, "memory": args.memory or type(net.memory).__name__, "size": f"{size[0]}x{size[1]}",
-        "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
-        "precision": args.precision, "compile": bool(args.compile), "gap": gap, "objects": args.objects,
-        "frames": len(timed), "warmup": warmup,
-        "median_ms": statistics.median(regular) if regular else float("nan"),
-        "p90_ms": quantile(regular, 0.9), "write_median_ms": statistics.median(writes) if writes else float("nan"),
-        "fps": 1000.0 / mean_ms, "first_tenth_ms": statistics.fmean(all_ms[:tenth]),
-        "last_tenth_ms": statistics.fmean(all_ms[-tenth:]),
+        "label": run["contender"].label, "model": args.model, "memory": type(run["net"].memory).__name__,
+        "size": f"{size[0]}x{size[1]}", "device": str(device), "device_name": device_name(device),
+        "threads": torch.get_num_threads(), "precision": args.precision, "compile": bool(args.compile), "gap": gap,
+        "objects": args.objects, "frames": len(timed), "warmup": warmup,
+        "median_ms": statistics.median(regular) if regular else float("nan"), "p90_ms": quantile(regular, 0.9),
+        "write_median_ms": statistics.median(writes) if writes else float("nan"), "fps": 1000.0 / mean_ms,
+        "first_tenth_ms": statistics.fmean(all_ms[:tenth]), "last_tenth_ms": statistics.fmean(all_ms[-tenth:]),
         "first_tenth_mb": statistics.fmean(r["mb"] for r in timed[:tenth]),
         "last_tenth_mb": statistics.fmean(r["mb"] for r in timed[-tenth:]),
         "peak_mb": peak_memory_mb(device), "gflop_regular": flops[0] / 1e9, "gflop_write": flops[1] / 1e9,
@@ -282,16 +321,19 @@ def device_name(device) -> str:
 def tag_of(args) -> str:
     h, w = args.size
     return args.tag or (f"{args.model}_{args.memory or 'default'}_{h}x{w}_{args.precision}"
-                        f"{'_compiled' if args.compile else ''}_{args.device or 'auto'}")
+                        f"{'_compiled' if args.compile else ''}_{args.device or 'auto'}"
+                        f"{'_compared' if args.compare_with else ''}")
 
 
-def save(result: dict, out: Path, tag: str) -> tuple[Path, Path | None]:
+def save(results: list[dict], out: Path, tag: str) -> tuple[Path, Path | None]:
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"{tag}.csv"
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
-        writer.writeheader()
-        writer.writerows(result["rows"])
+        writer = csv.writer(f)
+        writer.writerow(["contender", "frame", "ms", "memory_write", "timed", "mb"])
+        for r in results:
+            for row in r["rows"]:
+                writer.writerow([r["label"], row["frame"], row["ms"], row["memory_write"], row["timed"], row["mb"]])
     try:
         import matplotlib
 
@@ -299,16 +341,18 @@ def save(result: dict, out: Path, tag: str) -> tuple[Path, Path | None]:
         import matplotlib.pyplot as plt
     except ImportError:
         return csv_path, None
-    rows = result["rows"]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.plot([r["frame"] for r in rows], [r["ms"] for r in rows], lw=0.7, label="ms / frame")
-    ax.set_xlabel("frame")
-    ax.set_ylabel("ms")
-    ax2 = ax.twinx()
-    ax2.plot([r["frame"] for r in rows], [r["mb"] for r in rows], lw=0.7, color="tab:red", label="MB")
-    ax2.set_ylabel("memory MB (allocated / RSS)")
-    ax.set_title(f"{result['model']} {result['memory']} {result['size']} {result['precision']}"
-                 f"{' compiled' if result['compile'] else ''} on {result['device_name']}")
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for r in results:
+        frames = [row["frame"] for row in r["rows"]]
+        ax.plot(frames, [row["ms"] for row in r["rows"]], lw=0.7, label=r["label"])
+        ax2.plot(frames, [row["mb"] for row in r["rows"]], lw=0.7, label=r["label"])
+    ax.set_ylabel("ms / frame")
+    ax2.set_ylabel("MB (CUDA allocated / RSS)")
+    ax2.set_xlabel("frame")
+    ax.legend()
+    r = results[-1]
+    ax.set_title(f"{r['model']} {r['memory']} {r['size']} {r['precision']}{' compiled' if r['compile'] else ''} "
+                 f"on {r['device_name']}")
     fig.tight_layout()
     png = out / f"{tag}.png"
     fig.savefig(png, dpi=100)
@@ -323,59 +367,26 @@ def summary_line(r: dict) -> str:
             f"{r['achieved_gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of {r['peak_gflops']:.0f}")
 
 
-def compare(args, argv: list[str]) -> None:
-    """Alternate this checkout and ``--compare-with`` in subprocesses; print both."""
-    strip = {"--compare-with", "--repeats"}
-    child, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in strip:
-            skip = True
-            continue
-        if a.split("=")[0] in strip:
-            continue
-        child.append(a)
-    trees = {"old": args.compare_with.resolve(), "new": ROOT}
-    results: dict[str, list[dict]] = {"old": [], "new": []}
-    for rep in range(args.repeats):
-        order = ["old", "new"] if rep % 2 == 0 else ["new", "old"]
-        for name in order:
-            env = dict(os.environ, MAVOS_TREE=str(trees[name]))
-            cmd = [sys.executable, str(Path(__file__).resolve()), *child, "--json", "--tag", f"{tag_of(args)}_{name}"]
-            proc = subprocess.run(cmd, cwd=trees[name], env=env, capture_output=True, text=True)
-            if proc.returncode:
-                raise SystemExit(f"{name} ({trees[name]}) failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[name].append(r)
-            print(f"[{rep}] {name}: {summary_line(r)}", flush=True)
-    best = {k: min(v, key=lambda r: r["median_ms"]) for k, v in results.items()}
-    med = {k: statistics.median(r["median_ms"] for r in v) for k, v in results.items()}
-    print(f"\n{args.model} {best['new']['size']} {best['new']['memory']} {best['new']['precision']} on "
-          f"{best['new']['device_name']}, {best['new']['threads']} threads")
-    for k in ("old", "new"):
-        print(f"{k}: median of medians {med[k]:.1f} ms/frame; best run: {summary_line(best[k])}")
-    print(f"new / old: {med['new'] / med['old']:.3f} (median of per-run medians)")
-
-
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    contenders = [Contender("new" if args.compare_with else "mavos", "mavos")]
     if args.compare_with is not None:
-        compare(args, argv)
-        return
-    result = run_benchmark(args)
-    tag = tag_of(args)
-    csv_path, png = save(result, args.out, tag)
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
-        return
-    print(f"{result['model']} ({result['memory']}) {result['size']} {result['precision']}"
-          f"{' compiled' if result['compile'] else ''} on {result['device_name']}, {result['threads']} threads, "
-          f"gap {result['gap']}, {result['frames']} timed frames after {result['warmup']}")
-    print(summary_line(result))
+        contenders.insert(0, Contender.from_checkout(args.compare_with.resolve(), "old"))
+    results = run_benchmark(args, contenders)
+    csv_path, png = save(results, args.out, tag_of(args))
+    r = results[-1]
+    print(f"{r['model']} ({r['memory']}) {r['size']} {r['precision']}{' compiled' if r['compile'] else ''} on "
+          f"{r['device_name']}, {r['threads']} threads, gap {r['gap']}, {r['frames']} timed frames after "
+          f"{r['warmup']}, torch {r['torch']}")
+    for res in results:
+        print(f"{res['label']:>5}: {summary_line(res)}")
+    if len(results) == 2:
+        old, new = results
+        print(f"new / old: {new['median_ms'] / old['median_ms']:.3f} (median regular frame), "
+              f"{new['write_median_ms'] / old['write_median_ms']:.3f} (median memory-write frame)")
     print(f"csv: {csv_path}" + (f"  plot: {png}" if png else ""))
+    if args.json:
+        print(json.dumps([{k: v for k, v in res.items() if k != "rows"} for res in results]))
 
 
 if __name__ == "__main__":
