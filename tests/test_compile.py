@@ -29,10 +29,10 @@ def video():
     return vid, mask
 
 
-def run(session: InferenceSession, video) -> torch.Tensor:
+def run(session: InferenceSession, video, frames: int = FRAMES) -> torch.Tensor:
     vid, mask = video
     session.add_objects(vid[0], mask)
-    return torch.stack([session.step(f).clone() for f in vid[1:]])
+    return torch.stack([session.step(f).clone() for f in vid[1:frames]])
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +58,9 @@ def test_cuda_graph_path_clones_outputs(net, video, eager):
     session = InferenceSession(net, long_term_gap=GAP)
     session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
     session.step_functions.cudagraphs = True
-    out = run(session, video)
+    out = run(session, video, frames=10)  # writes at 3 (first), 6 and 9 (fused, compiled)
     assert session.step_functions.disabled is None and "memorize_write" in session.step_functions._compiled
-    assert (out - eager).abs().max() < 1e-5
+    assert (out - eager[:9]).abs().max() < 1e-5
 
 
 def test_failing_compiler_warns_once_and_runs_eagerly(net, video, eager, monkeypatch):
@@ -72,10 +72,10 @@ def test_failing_compiler_warns_once_and_runs_eagerly(net, video, eager, monkeyp
     monkeypatch.setattr(torch, "compile", broken)
     session = InferenceSession(net, long_term_gap=GAP, compile=True)
     with pytest.warns(UserWarning, match="compiling failed, running eagerly") as caught:
-        out = run(session, video)
+        out = run(session, video, frames=8)
     assert len([w for w in caught if "session.compile" in str(w.message)]) == 1
     assert "unsupported op" in session.step_functions.disabled
-    assert (out - eager).abs().max() < 1e-5
+    assert (out - eager[:7]).abs().max() < 1e-5
 
 
 def test_growing_memory_is_not_compiled():
