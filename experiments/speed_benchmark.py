@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     ap.add_argument("--compare-with", type=Path, default=None, metavar="DIR",
                     help="another checkout whose mavos package runs alongside this one, frame by frame")
+    ap.add_argument("--compare-compile", action="store_true",
+                    help="run this checkout eager and compiled alongside each other, frame by frame")
     return ap
 
 
@@ -77,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 class Contender:
     """One ``mavos`` package under test: this checkout's, or another checkout's loaded as ``mavos_<label>``."""
 
-    def __init__(self, label: str, package: str):
-        self.label, self.package = label, package
+    def __init__(self, label: str, package: str, compile: bool | None = None):
+        self.label, self.package, self.compile = label, package, compile
         self.registry = importlib.import_module(f"{package}.registry")
         self.session_module = importlib.import_module(f"{package}.inference.session")
 
@@ -237,7 +239,8 @@ def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
         for r in runs:
             r["flops"] = (0.0, 0.0) if args.no_flops else count_flops(r["contender"], r["net"], args, device, gap,
                                                                       r["frames"], r["mask"])
-            r["session"] = r["contender"].session(r["net"], args, device, gap, args.compile)
+            compile = args.compile if r["contender"].compile is None else r["contender"].compile
+            r["session"] = r["contender"].session(r["net"], args, device, gap, compile)
             r["session"].add_objects(r["frames"][0], r["mask"])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -279,7 +282,8 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
     return {
         "label": run["contender"].label, "model": args.model, "memory": type(run["net"].memory).__name__,
         "size": f"{size[0]}x{size[1]}", "device": str(device), "device_name": device_name(device),
-        "threads": torch.get_num_threads(), "precision": args.precision, "compile": bool(args.compile), "gap": gap,
+        "threads": torch.get_num_threads(), "precision": args.precision, "gap": gap,
+        "compile": bool(args.compile if run["contender"].compile is None else run["contender"].compile),
         "objects": args.objects, "frames": len(timed), "warmup": warmup,
         "median_ms": statistics.median(regular) if regular else float("nan"), "p90_ms": quantile(regular, 0.9),
         "write_median_ms": statistics.median(writes) if writes else float("nan"), "fps": 1000.0 / mean_ms,
@@ -322,7 +326,7 @@ def tag_of(args) -> str:
     h, w = args.size
     return args.tag or (f"{args.model}_{args.memory or 'default'}_{h}x{w}_{args.precision}"
                         f"{'_compiled' if args.compile else ''}_{args.device or 'auto'}"
-                        f"{'_compared' if args.compare_with else ''}")
+                        f"{'_compared' if args.compare_with else ''}{'_eager_vs_compiled' if args.compare_compile else ''}")
 
 
 def save(results: list[dict], out: Path, tag: str) -> tuple[Path, Path | None]:
@@ -369,7 +373,10 @@ def summary_line(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    contenders = [Contender("new" if args.compare_with else "mavos", "mavos")]
+    if args.compare_compile:
+        contenders = [Contender("eager", "mavos", compile=False), Contender("compiled", "mavos", compile=True)]
+    else:
+        contenders = [Contender("new" if args.compare_with else "mavos", "mavos")]
     if args.compare_with is not None:
         contenders.insert(0, Contender.from_checkout(args.compare_with.resolve(), "old"))
     results = run_benchmark(args, contenders)
@@ -380,10 +387,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{r['warmup']}, torch {r['torch']}")
     for res in results:
         print(f"{res['label']:>5}: {summary_line(res)}")
-    if len(results) == 2:
-        old, new = results
-        print(f"new / old: {new['median_ms'] / old['median_ms']:.3f} (median regular frame), "
-              f"{new['write_median_ms'] / old['write_median_ms']:.3f} (median memory-write frame)")
+    for first, other in zip(results, results[1:]):
+        print(f"{other['label']} / {first['label']}: {other['median_ms'] / first['median_ms']:.3f} (median regular "
+              f"frame), {other['write_median_ms'] / first['write_median_ms']:.3f} (median memory-write frame)")
     print(f"csv: {csv_path}" + (f"  plot: {png}" if png else ""))
     if args.json:
         print(json.dumps([{k: v for k, v in res.items() if k != "rows"} for res in results]))

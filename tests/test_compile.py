@@ -1,5 +1,6 @@
 """session.compile: the compiled fixed-shape step equals the eager one; where compiling cannot work it warns
 once and runs eagerly, never failing mid-video."""
+import copy
 import warnings
 
 import numpy as np
@@ -63,6 +64,13 @@ def test_cuda_graph_path_clones_outputs(net, video, eager):
     assert (out - eager[:9]).abs().max() < 1e-5
 
 
+def test_sessions_share_one_compiled_step(net):
+    """One compiled step per network and device: a video per session never recompiles."""
+    a, b = InferenceSession(net, compile=True), InferenceSession(net, compile=True)
+    assert a.step_functions is b.step_functions
+    assert InferenceSession(copy.deepcopy(net), compile=True).step_functions is not a.step_functions
+
+
 def test_failing_compiler_warns_once_and_runs_eagerly(net, video, eager, monkeypatch):
     def broken(fn, **kwargs):
         def call(*args):
@@ -70,7 +78,7 @@ def test_failing_compiler_warns_once_and_runs_eagerly(net, video, eager, monkeyp
         return call
 
     monkeypatch.setattr(torch, "compile", broken)
-    session = InferenceSession(net, long_term_gap=GAP, compile=True)
+    session = InferenceSession(copy.deepcopy(net), long_term_gap=GAP, compile=True)
     with pytest.warns(UserWarning, match="compiling failed, running eagerly") as caught:
         out = run(session, video, frames=8)
     assert len([w for w in caught if "session.compile" in str(w.message)]) == 1

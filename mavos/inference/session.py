@@ -68,8 +68,9 @@ class InferenceSession:
         ``F.interpolate(mode="bicubic")``: a decoder may hand over frames already on the GPU);
       - (H, W, 3) float numpy array (0-255, or 0-1 when its maximum is <= 1) or float tensor in [0, 1].
     mask: (H, W) integer object ids (0 = background), numpy or torch.
-    compile: run the per-frame step compiled (``CompiledFrameStep``): needs a fixed-size memory (MCA);
-      otherwise, or where compiling fails, one warning and eager execution.
+    compile: run the per-frame step compiled (``CompiledFrameStep``, shared by all sessions of the network):
+      needs a fixed-size memory (MCA); otherwise, or where compiling fails, one warning and eager execution.
+      Compiled functions are specialised to the frame size: each new inference size compiles again.
     """
 
     tensor_frames = True  # step/add_objects accept (H, W, 3) uint8 tensors on any device
@@ -85,7 +86,8 @@ class InferenceSession:
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
         self.amp_dtype = AMP_DTYPES[amp]
-        self.step_functions = CompiledFrameStep(net, self.device) if compile else FrameStep(net)
+        self.compile = bool(compile)
+        self.step_functions = CompiledFrameStep.shared(net, self.device) if compile else FrameStep(net)
         self.num_objects = 0
         self.frame_index = -1
         self.views: list[list[ObjectTracker]] = [[] for _ in range(2 if flip else 1)]
@@ -153,15 +155,16 @@ class InferenceSession:
             small = F.interpolate(label[None, None].float(), size=self.input_size, mode="nearest")[:, 0].long()
         if view == 1:
             small = small.flip(-1)
-        # Each group's one-hot holds its 1 + n used identities only (the ID bank skips the absent ones).
+        # Eagerly, each group's one-hot holds its 1 + n used identities only (the ID bank skips the absent ones);
+        # compiled, all 1 + max_objects, so that the object count never changes a compiled function's shapes.
         sizes = self._group_sizes()
         if len(sizes) == 1:
-            return [ids_to_one_hot(small, sizes[0])]
+            return [ids_to_one_hot(small, self.group_size if self.compile else sizes[0])]
         out = []
         for g, n in enumerate(sizes):
             lo = g * self.group_size
             local = torch.where((small > lo) & (small <= lo + n), small - lo, torch.zeros_like(small))
-            out.append(ids_to_one_hot(local, n))
+            out.append(ids_to_one_hot(local, self.group_size if self.compile else n))
         return out
 
     def _reference(self, inputs: torch.Tensor, label: torch.Tensor) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -35,7 +36,11 @@ class FrameStep:
     """The eager step. Stateless: all state goes in and comes out as tensors."""
 
     def __init__(self, net: VOSNetwork):
-        self.net = net
+        self._net = net
+
+    @property
+    def net(self) -> VOSNetwork:
+        return self._net
 
     def encode(self, frames: torch.Tensor) -> EncodedFrame:
         return self.net.encode(frames)
@@ -95,8 +100,19 @@ class CompiledFrameStep(FrameStep):
     compiler does not support) gives one warning and eager execution from then on, never an error.
     """
 
+    @classmethod
+    def shared(cls, net: VOSNetwork, device: torch.device) -> "CompiledFrameStep":
+        """The one compiled step of ``net`` on ``device``: every session (one per video) reuses its compiled
+        functions instead of compiling again (and dynamo's recompilation limit is never reached)."""
+        per_net = _SHARED.setdefault(net, {})
+        key = str(device)
+        if key not in per_net:
+            per_net[key] = cls(net, device)
+        return per_net[key]
+
     def __init__(self, net: VOSNetwork, device: torch.device, mode: str | None = None, backend: str = "inductor"):
         super().__init__(net)
+        self._net = weakref.ref(net)  # held weakly: the network owns its shared step, not the other way round
         self.device = device
         self.backend = backend
         self.mode = mode if mode is not None else ("reduce-overhead" if device.type == "cuda" else "default")
@@ -109,12 +125,15 @@ class CompiledFrameStep(FrameStep):
             self.disabled = compiler_problem(device)
         if self.disabled:
             warnings.warn(f"session.compile: running eagerly ({self.disabled})", stacklevel=3)
-        self._encoder = net.inference_encoder()
         self._compiled: dict[str, Callable] = {}
 
+    @property
+    def net(self) -> VOSNetwork:
+        return self._net()
+
     # ------------------------------------------------------------------ pure functions that get compiled
-    def _encode_fn(self, frames):
-        enc = self.net.encode(frames, self._encoder)
+    def _encode_fn(self, frames, encoder):
+        enc = self.net.encode(frames, encoder)
         return enc.tokens, enc.skips, enc.size
 
     def _propagate_fn(self, tokens, skips, size, long_term, short_term, keep):
@@ -156,7 +175,8 @@ class CompiledFrameStep(FrameStep):
     def encode(self, frames: torch.Tensor) -> EncodedFrame:
         if self._eager():
             return super().encode(frames)
-        tokens, skips, size = self._run("encode", self._encode_fn, frames)
+        # the folded encoder is looked up outside the compiled region (it is rebuilt if the weights change)
+        tokens, skips, size = self._run("encode", self._encode_fn, frames, self.net.inference_encoder())
         return EncodedFrame(list(skips), tokens, tuple(size))
 
     def propagate(self, frame, long_term, short_term, keep):
@@ -175,6 +195,9 @@ class CompiledFrameStep(FrameStep):
         short_term, readout = self._run("memorize_write", self._memorize_write_fn, pending, one_hot, size,
                                         long_term.readout, long_term.slot_tokens)
         return short_term, MemoryState(readout, long_term.slot_tokens)
+
+
+_SHARED: "weakref.WeakKeyDictionary[VOSNetwork, dict[str, CompiledFrameStep]]" = weakref.WeakKeyDictionary()
 
 
 def _clone(tree):
