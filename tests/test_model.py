@@ -86,7 +86,7 @@ def test_mca_value_layouts_differ_only_in_value_arrangement():
 
 def _layer_memory(n, value=0.0):
     t = lambda c: torch.full((1, n, c), value)  # noqa: E731
-    return [LayerMemory(t(128), t(512), t(512)) for _ in range(3)]
+    return [LayerMemory(t(128), t(1024)) for _ in range(3)]
 
 
 def test_memory_policies_slot_counts():
@@ -103,18 +103,20 @@ def test_memory_policies_slot_counts():
     # FIFO keeps the reference and the two most recent frames
     fifo_values = [float(s.key[0, 0, 0]) for s in states[fifo].slots[0]]
     assert fifo_values == [0.0, 4.0, 5.0]
-    # MCA's reference slot is never overwritten
-    assert torch.equal(states[mca].slots[0][0].key, ref[0].key)
+    # MCA's memory is [recurrent, reference]; the reference slot is never overwritten
+    assert torch.equal(states[mca].slots[0][1].key, ref[0].key)
 
 
 def test_mca_first_write_is_the_new_frame_then_fused():
     ref, first, second = _layer_memory(6, 0.0), _layer_memory(6, 1.0), _layer_memory(6, 2.0)
     mca = MCAMemory().eval()
     s = mca.write(mca.init(ref), first, (2, 3))
-    assert torch.equal(s.slots[0][1].key, first[0].key)
+    assert torch.equal(s.slots[0][0].key, first[0].key)
     s2 = mca.write(s, second, (2, 3))
     expected = mca.fusers[0]["key"](second[0].key, first[0].key, (2, 3))
-    assert torch.allclose(s2.slots[0][1].key, expected)
+    assert torch.allclose(s2.slots[0][0].key, expected)
+    expected_id = mca.fusers[0]["id_value"](second[0].id_value, first[0].id_value, (2, 3))
+    assert torch.allclose(s2.slots[0][0].id_value, expected_id)
 
 
 @pytest.mark.parametrize("memory,slots", [("mca", 2), ("bank", 1 + 49 // 5)])
@@ -202,3 +204,156 @@ def test_imagenet_weights_load_from_a_local_torchvision_file(tmp_path):
     enc = MobileNetV2Encoder(weights=str(path))
     assert torch.equal(enc.features[5].conv[1][0].weight, reference.features[5].conv[1][0].weight)
     assert torch.equal(enc.features[5].conv[1][1].running_var, reference.features[5].conv[1][1].running_var)
+
+
+def test_self_propagation_draws_droppath_separately_per_branch():
+    """The visual and identity halves of the self-attention output get independent DropPath draws."""
+    torch.manual_seed(0)
+    layer = build_network("mavos_mbv2").propagator.layers[1].train()
+    layer.droppath.p = 0.5
+    b, n, d = 256, 4, layer.d_model
+
+    class Constant(torch.nn.Module):
+        """Stands in for an attention block: returns ``value`` everywhere."""
+
+        def __init__(self, value: float):
+            super().__init__()
+            self.value = value
+
+        def forward(self, q, *args, **kwargs):
+            return torch.full((q.shape[0], q.shape[1], 2 * d), self.value)
+
+    layer.long_term_attn = layer.short_term_attn = Constant(0.0)  # no long/short-term contribution
+    layer.self_attn = Constant(1.0)
+    x, x_id = torch.zeros(b, n, d), torch.zeros(b, n, d)
+    memory = LayerMemory(torch.zeros(b, n, layer.d_att), torch.zeros(b, n, 2 * layer.expand_dim))
+    new_x, new_id, _ = layer(x, x_id, memory, memory, (2, 2))
+    kept_visual = new_x[:, 0, 0] > 0
+    kept_identity = new_id[:, 0, 0] > 0
+    # each branch is dropped for about half the samples (kept ones are scaled by 1/keep = 2) ...
+    assert 0.3 < kept_visual.float().mean() < 0.7 and 0.3 < kept_identity.float().mean() < 0.7
+    assert torch.all(new_x[kept_visual] == 2.0) and torch.all(new_id[kept_identity] == 2.0)
+    # ... and not together: independent draws disagree on about half the samples
+    assert 0.3 < (kept_visual != kept_identity).float().mean() < 0.7
+
+
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views of one storage count once)."""
+    storages = {}
+    for t in tensors:
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("memory,gap,frames,slots", [("bank", 1, 6, 6), ("mca", 1, 6, 2), ("fifo", 1, 6, 5)])
+def test_long_term_memory_is_held_once(memory, gap, frames, slots):
+    """The memory state holds each token once: layers x slots x tokens x (key 128 + values 1024) x 4 bytes."""
+    torch.manual_seed(0)
+    net = build_network("mavos_mbv2", [f"memory={memory}"]).eval()
+    tracker = ObjectTracker(net, [1], long_term_gap=gap)
+    mask = torch.zeros(1, 33, 33, dtype=torch.long)
+    mask[:, 5:20, 5:25] = 1
+    with torch.no_grad():
+        tracker.reference(net.encode(torch.rand(1, 3, 33, 33)), one_hot_mask(mask, 10))
+        for _ in range(frames - 1):
+            tracker.propagate(net.encode(torch.rand(1, 3, 33, 33)))
+            tracker.memorize(one_hot_mask(mask, 10))
+    state = tracker.memory
+    assert state.num_slots == slots
+    held = [t for m in state.readout for t in m] + [t for layer in state.slots for m in layer for t in m]
+    tokens = 3 * 3
+    expected = 3 * slots * tokens * (128 + 1024) * 4
+    assert storage_bytes(held) == expected
+
+
+def test_mca_released_value_layout_hand_computed():
+    """Released layout: the (B, C, H, W) modulator is reshaped straight to (B, N, heads, C/heads).
+
+    C=4, heads=2, a 2x1 map. Weights make each step exact and readable: LayerNorm is the identity on the
+    chosen tokens (mean 0, variance 1), q = k = 20 * tokens, whose per-head products make attention the
+    identity (token n attends to token n); the context projection gives z = 10 + token (so GELU(z) = z to
+    1e-18), the focal convolutions pass their centre tap, gates are (1, 0, 0), the modulator conv, the output
+    projection are the identity and the MLP adds 0. So the output is tokens + v, v the value rows.
+    """
+    torch.manual_seed(0)
+    block = ModulatedCrossAttention(4, heads=2, drop_path=0.0, value_layout="released").eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.zero_()
+        for norm in (block.norm_new, block.norm_old, block.norm_mlp):
+            norm.weight.fill_(1.0)
+        block.q.weight.copy_(20 * torch.eye(4))
+        block.k.weight.copy_(20 * torch.eye(4))
+        block.context.weight[:4].copy_(torch.eye(4))
+        block.context.bias[:4].fill_(10.0)
+        block.context.bias[4] = 1.0  # gate of focal level 0; levels 1 and the global context get 0
+        for conv in block.focal:
+            conv.weight[:, 0, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] = 1.0
+        block.modulator.weight[:, :, 0, 0] = torch.eye(4)
+        block.proj.weight.copy_(torch.eye(4))
+    tokens = torch.tensor([[[1.0, 1.0, -1.0, -1.0], [1.0, -1.0, 1.0, -1.0]]])  # (B=1, N=2, C=4)
+    # modulator m[c, p] = 10 + tokens[p, c]:   c0: 11 11 | c1: 11 9 | c2: 9 11 | c3: 9 9   (p0 p1)
+    # released: flat (c-major) 11 11 11 9 9 11 9 9 -> value rows [11 11 11 9], [9 11 9 9]
+    expected = tokens + torch.tensor([[[11.0, 11.0, 11.0, 9.0], [9.0, 11.0, 9.0, 9.0]]])
+    got = block(tokens, tokens, (2, 1))
+    assert torch.allclose(got, expected, atol=1e-3), got
+    # the corrected layout reads column p of the map instead: value rows [11 11 9 9], [11 9 11 9]
+    corrected = ModulatedCrossAttention(4, heads=2, drop_path=0.0, value_layout="corrected").eval()
+    corrected.load_state_dict(block.state_dict())
+    expected_corrected = tokens + torch.tensor([[[11.0, 11.0, 9.0, 9.0], [11.0, 9.0, 11.0, 9.0]]])
+    assert torch.allclose(corrected(tokens, tokens, (2, 1)), expected_corrected, atol=1e-3)
+
+
+@pytest.mark.parametrize("size,r,heads,batch", [((21, 10), 7, 1, 2), ((20, 23), 7, 2, 1), ((9, 6), 2, 1, 1),
+                                                ((16, 9), 7, 1, 1)])
+def test_banded_window_attention_equals_windowed_softmax(size, r, heads, batch):
+    """Bands of query rows (several bands, padded last band, map borders, heads, batch) against the loop."""
+    torch.manual_seed(0)
+    d, dv = 8, 6
+    layer = LocalGatedAttention(d_qk=16, d_vu=dv * heads, d_att=d, heads=heads, expand=1.0, max_distance=r).eval()
+    n = size[0] * size[1]
+    q, k, v = torch.randn(batch, n, d * heads), torch.randn(batch, n, d * heads), torch.randn(batch, n, dv * heads)
+    got = layer.attend(q, k, v, size)
+    win = (2 * r + 1) ** 2
+    rel = layer.relative_emb(q.transpose(1, 2).reshape(batch, d * heads, *size)).reshape(batch, heads, win, n)
+    want = torch.cat([windowed_attention_reference(q[..., h * d:(h + 1) * d], k[..., h * d:(h + 1) * d],
+                                                   v[..., h * dv:(h + 1) * dv], rel[:, h], size, r)
+                      for h in range(heads)], dim=-1)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_banded_window_attention_has_finite_gradients():
+    """Padded query rows of the last band must not leak NaN into the gradients (training)."""
+    torch.manual_seed(0)
+    layer = LocalGatedAttention(d_qk=16, d_vu=8, d_att=8, heads=1, expand=1.0, max_distance=7)
+    q, k, v = (torch.randn(2, 21 * 10, 8, requires_grad=True) for _ in range(3))
+    layer.attend(q, k, v, (21, 10)).square().sum().backward()
+    assert layer.bands((21, 10), q.device).bands == 11  # 21 rows in bands of 2: the last is padded
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v, layer.relative_emb.weight))
+
+
+@pytest.mark.parametrize("model", ["mavos_mbv2", "mavos_r50"])
+def test_folded_encoder_matches_the_encoder(model):
+    """Eval mode runs a copy with BatchNorm folded into the convolutions: same features; training does not."""
+    from tests.golden_scenario import seeded_weights
+
+    torch.manual_seed(0)
+    net = seeded_weights(build_network(model))
+    x = torch.rand(1, 3, 65, 97)
+    with torch.no_grad():
+        want = net.encoder((x - net.pixel_mean) / net.pixel_std)
+        folded = net.inference_encoder()
+        assert folded is not net.encoder
+        assert not any(isinstance(m, (torch.nn.BatchNorm2d,)) or type(m).__name__ == "FrozenBatchNorm2d"
+                       for m in folded.modules())
+        got = net.encode(x).skips
+        for a, b in zip(want[:3], got):
+            assert torch.allclose(a, b, atol=1e-4 * float(a.abs().max()))
+        # a weight change (an optimizer step, a checkpoint load) rebuilds the copy
+        net.encoder.state_dict()[next(k for k in net.encoder.state_dict() if k.endswith("running_mean"))].add_(1.0)
+        assert net.inference_encoder() is not folded
+        assert net.inference_encoder() is net.inference_encoder()
+    net.train()
+    assert net.inference_encoder() is net.encoder
+    assert sum(1 for m in net.encoder.modules() if type(m).__name__ == "FrozenBatchNorm2d") > 0

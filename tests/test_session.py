@@ -123,3 +123,51 @@ def test_video_predictor_from_checkpoint(tmp_path, net):
     assert [i for i, _ in out] == [1, 2, 3]
     assert np.array_equal(out[0][1], first)
     assert np.all(out[1][1][new == 2] == 2) and out[2][1].dtype == np.uint8
+
+
+def test_uint8_tensor_frames_give_the_numpy_result(net):
+    """Frames as (H, W, 3) uint8 tensors (what a decoder on the device hands over): at an inference size
+    the result is the numpy path's exactly; resized frames go through torch's bicubic filter on the device,
+    close to OpenCV's."""
+    for h, w, tol in ((33, 49, 0.0), (40, 56, 0.05)):
+        vid = frames(4, h=h, w=w, seed=7)
+        mask = np.zeros((h, w), dtype=np.int64)
+        mask[5:20, 8:30] = 1
+        a, b = InferenceSession(net, long_term_gap=2), InferenceSession(net, long_term_gap=2)
+        a.add_objects(vid[0], mask)
+        b.add_objects(torch.from_numpy(vid[0]), torch.from_numpy(mask))
+        for f in vid[1:]:
+            pa, pb = a.step(f), b.step(torch.from_numpy(f))
+            assert pb.shape == (2, h, w) and pb.device == b.device
+            assert (pa - pb).abs().max() <= tol + 1e-6
+            assert torch.equal(b.last_mask, pb.argmax(0))
+
+
+def test_step_makes_no_host_synchronisation(net, monkeypatch):
+    """No .item() / int(tensor) / bool(tensor) / .tolist() inside step() (on a GPU each would stall the
+    pipeline), over regular frames and memory writes."""
+    vid = [torch.from_numpy(f) for f in frames(6, h=33, w=49, seed=2)]
+    mask = np.zeros((33, 49), dtype=np.int64)
+    mask[8:24, 8:30] = 1
+    session = InferenceSession(net, long_term_gap=2)
+    session.add_objects(vid[0], mask)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation inside step()")
+
+    for name in ("item", "__int__", "__index__", "__bool__", "__float__", "tolist", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    outs = [session.step(f) for f in vid[1:]]  # frames 2 and 4 write long-term memory
+    monkeypatch.undo()
+    assert session.memory_slots == 2 and all(p.shape == (2, 33, 49) for p in outs)
+
+
+def test_probabilities_are_channels_last(net):
+    vid = frames(2, h=33, w=49)
+    mask = np.zeros((33, 49), dtype=np.int64)
+    mask[8:24, 8:30] = 1
+    session = InferenceSession(net)
+    session.add_objects(vid[0], mask)
+    probs = session.step(vid[1])
+    assert probs.stride(0) == 1  # (1 + K, H, W) view of a (H, W, 1 + K) tensor
+    assert torch.equal(session.last_mask, probs.argmax(0))

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mavos.inference.tracker import ObjectTracker, one_hot_mask
+from mavos.inference.step import CompiledFrameStep, FrameStep
+from mavos.inference.tracker import ObjectTracker, ids_to_one_hot, one_hot_mask
 from mavos.model.vos import VOSNetwork
 
 AMP_DTYPES = {None: None, "none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -57,15 +58,26 @@ def soft_aggregate(group_logits: list[torch.Tensor], group_sizes: list[int]) -> 
 class InferenceSession:
     """One video. ``add_objects(frame, mask)`` on the first frame, then ``step(frame)`` per frame
     (``step(frame, mask)`` when new objects appear in ``mask``). Both return probabilities
-    (1 + K, H, W) at the frame's own resolution, K = highest object id so far.
+    (1 + K, H, W) at the frame's own resolution, K = highest object id so far; the tensor is a view of a
+    (H, W, 1 + K) channels-last tensor (``probs.argmax(0)`` is then fast), on the session's device.
+    ``last_mask`` holds the (H, W) int64 object ids of the last frame (the argmax the session computed).
 
-    frame: (H, W, 3) uint8 RGB numpy array or float tensor in [0, 1] of the same layout.
-    mask: (H, W) integer object ids (0 = background).
+    frame, any of:
+      - (H, W, 3) uint8 RGB numpy array (resized with OpenCV's bicubic filter, as the official evaluation);
+      - (H, W, 3) uint8 torch tensor, on any device (moved to the session's device, resized there with
+        ``F.interpolate(mode="bicubic")``: a decoder may hand over frames already on the GPU);
+      - (H, W, 3) float numpy array (0-255, or 0-1 when its maximum is <= 1) or float tensor in [0, 1].
+    mask: (H, W) integer object ids (0 = background), numpy or torch.
+    compile: run the per-frame step compiled (``CompiledFrameStep``, shared by all sessions of the network):
+      needs a fixed-size memory (MCA); otherwise, or where compiling fails, one warning and eager execution.
+      Compiled functions are specialised to the frame size: each new inference size compiles again.
     """
+
+    tensor_frames = True  # step/add_objects accept (H, W, 3) uint8 tensors on any device
 
     def __init__(self, net: VOSNetwork, long_term_gap: int | None = None, max_long_edge: float | None = 1040,
                  max_short_edge: float | None = None, flip: bool = False, amp: str | None = None,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, compile: bool = False):
         self.net = net.eval()
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
         self.long_term_gap = net.memory.test_gap if long_term_gap is None else int(long_term_gap)
@@ -74,11 +86,14 @@ class InferenceSession:
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
         self.amp_dtype = AMP_DTYPES[amp]
+        self.compile = bool(compile)
+        self.step_functions = CompiledFrameStep.shared(net, self.device) if compile else FrameStep(net)
         self.num_objects = 0
         self.frame_index = -1
         self.views: list[list[ObjectTracker]] = [[] for _ in range(2 if flip else 1)]
         self.input_size: tuple[int, int] | None = None
         self.frame_size: tuple[int, int] | None = None
+        self.last_mask: torch.Tensor | None = None
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -94,44 +109,62 @@ class InferenceSession:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _to_input(self, frame) -> torch.Tensor:
-        """Frame -> (V, 3, h, w) float tensor at inference size (V = 2 with flip)."""
-        if isinstance(frame, torch.Tensor):
-            arr = frame.detach().float().cpu().numpy()
-            arr = arr * 255.0 if arr.max() <= 1.0 else arr
-        else:
-            arr = np.asarray(frame, dtype=np.float32)
-        if arr.ndim != 3 or arr.shape[2] != 3:
-            raise ValueError(f"frame must be (H, W, 3) RGB, got shape {arr.shape}")
-        h, w = arr.shape[:2]
+    def _set_frame_size(self, h: int, w: int) -> None:
         if self.frame_size is None:
             self.frame_size = (h, w)
             self.input_size = inference_size(h, w, self.max_long_edge, self.max_short_edge, self.net.size_multiple)
         elif (h, w) != self.frame_size:
             raise ValueError(f"frame {self.frame_index + 1} is {h}x{w} but the video is {self.frame_size[0]}x"
                              f"{self.frame_size[1]}")
-        ih, iw = self.input_size
-        if (ih, iw) != (h, w):
-            arr = cv2.resize(arr, (iw, ih), interpolation=cv2.INTER_CUBIC)
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].to(self.device) / 255.0
+
+    def _to_input(self, frame) -> torch.Tensor:
+        """Frame -> (V, 3, h, w) float tensor in [0, 1] at inference size on the device (V = 2 with flip)."""
+        if isinstance(frame, torch.Tensor):
+            if frame.ndim != 3 or frame.shape[2] != 3:
+                raise ValueError(f"frame must be (H, W, 3) RGB, got shape {tuple(frame.shape)}")
+            self._set_frame_size(*frame.shape[:2])
+            x = frame.to(self.device, non_blocking=True).permute(2, 0, 1)[None]
+            x = x.float() / 255.0 if frame.dtype == torch.uint8 else x.float()
+            if self.input_size != self.frame_size:
+                x = F.interpolate(x, size=self.input_size, mode="bicubic", align_corners=False)
+        else:
+            arr = np.asarray(frame)
+            if arr.ndim != 3 or arr.shape[2] != 3:
+                raise ValueError(f"frame must be (H, W, 3) RGB, got shape {arr.shape}")
+            self._set_frame_size(*arr.shape[:2])
+            scale = arr.dtype != np.uint8 and arr.max() <= 1.0
+            arr = arr.astype(np.float32) * (255.0 if scale else 1.0)
+            ih, iw = self.input_size
+            if (ih, iw) != self.frame_size:
+                arr = cv2.resize(arr, (iw, ih), interpolation=cv2.INTER_CUBIC)
+            x = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device).permute(2, 0, 1)[None] / 255.0
+        # (1, 3, h, w) channels-last: the layout the encoder runs in
+        x = x.contiguous(memory_format=torch.channels_last)
         return torch.cat([x, x.flip(-1)]) if self.flip else x
 
     def _mask_tensor(self, mask) -> torch.Tensor:
         m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).long()
-        if m.shape != self.frame_size:
+        if tuple(m.shape) != self.frame_size:
             raise ValueError(f"mask is {tuple(m.shape)} but the frames are {self.frame_size}")
         return m.to(self.device)
 
     def _group_one_hots(self, label: torch.Tensor, view: int) -> list[torch.Tensor]:
         """Full-resolution label -> per-group one-hot at inference size for one view."""
-        small = F.interpolate(label[None, None].float(), size=self.input_size, mode="nearest")[:, 0].long()
+        small = label[None]
+        if self.input_size != self.frame_size:
+            small = F.interpolate(label[None, None].float(), size=self.input_size, mode="nearest")[:, 0].long()
         if view == 1:
             small = small.flip(-1)
+        # Eagerly, each group's one-hot holds its 1 + n used identities only (the ID bank skips the absent ones);
+        # compiled, all 1 + max_objects, so that the object count never changes a compiled function's shapes.
+        sizes = self._group_sizes()
+        if len(sizes) == 1:
+            return [ids_to_one_hot(small, self.group_size if self.compile else sizes[0])]
         out = []
-        for g, n in enumerate(self._group_sizes()):
+        for g, n in enumerate(sizes):
             lo = g * self.group_size
             local = torch.where((small > lo) & (small <= lo + n), small - lo, torch.zeros_like(small))
-            out.append(one_hot_mask(local, self.group_size))
+            out.append(ids_to_one_hot(local, self.group_size if self.compile else n))
         return out
 
     def _reference(self, inputs: torch.Tensor, label: torch.Tensor) -> None:
@@ -139,10 +172,15 @@ class InferenceSession:
         for v, trackers in enumerate(self.views):
             enc = self.net.encode(inputs[v:v + 1])
             while len(trackers) < len(sizes):
-                trackers.append(ObjectTracker(self.net, [0], self.long_term_gap))
+                trackers.append(ObjectTracker(self.net, [0], self.long_term_gap, step=self.step_functions))
             for tracker, n, one_hot in zip(trackers, sizes, self._group_one_hots(label, v)):
                 tracker.num_objects = [n]
                 tracker.reference(enc, one_hot, frame_index=self.frame_index)
+
+    def _frame_logits(self, logits: torch.Tensor, n: int) -> torch.Tensor:
+        """A group's stride-4 logits -> its 1 + n used channels at frame resolution, channels-last."""
+        logits = logits[:, : n + 1].float().contiguous(memory_format=torch.channels_last)
+        return F.interpolate(logits, size=self.frame_size, mode="bilinear", align_corners=self.net.align_corners)
 
     # ---------------------------------------------------------------- API
     @torch.no_grad()
@@ -158,6 +196,7 @@ class InferenceSession:
         self.frame_index += 1
         with self._autocast():
             self._reference(inputs, label)
+        self.last_mask = label
         return one_hot_mask(label[None], self.num_objects)[0]
 
     @torch.no_grad()
@@ -173,26 +212,26 @@ class InferenceSession:
         probs = 0
         with self._autocast():
             for v, trackers in enumerate(self.views):
-                enc = self.net.encode(inputs[v:v + 1])
-                logits = [F.interpolate(t.propagate(enc).float(), size=self.frame_size, mode="bilinear",
-                                        align_corners=self.net.align_corners) for t in trackers]
+                enc = self.step_functions.encode(inputs[v:v + 1])
+                logits = [self._frame_logits(t.propagate(enc), n) for t, n in zip(trackers, sizes)]
                 merged = soft_aggregate(logits, sizes)
                 if v == 1:
                     merged = merged.flip(-1)
-                probs = probs + torch.softmax(merged, dim=1)[0] / len(self.views)
-            label = probs.argmax(dim=0)
+                # softmax and argmax over the innermost (channel) dimension: (H, W, 1 + K)
+                probs = probs + torch.softmax(merged.permute(0, 2, 3, 1)[0], dim=-1) / len(self.views)
+            label = probs.argmax(dim=-1)
             new = self._mask_tensor(mask) if mask is not None else None
             if new is not None and int(new.max()) > 0:
                 label = torch.where(new > 0, new, label)
                 self.num_objects = max(self.num_objects, int(label.max()))
                 self._reference(inputs, label)
-                probs = one_hot_mask(label[None], self.num_objects)[0]
-                return probs
+                self.last_mask = label
+                return one_hot_mask(label[None], self.num_objects)[0]
             for v, trackers in enumerate(self.views):
                 for tracker, one_hot in zip(trackers, self._group_one_hots(label, v)):
                     tracker.memorize(one_hot)
-        return probs
-
+        self.last_mask = label
+        return probs.permute(2, 0, 1)
     @property
     def memory_slots(self) -> int:
         """Long-term memory slots of the first object group (2 for MAVOS, growing for DeAOT)."""

@@ -7,18 +7,25 @@ short-term memory (previous frame) and the long-term gap bookkeeping; the networ
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from mavos.inference.step import FrameStep, logit_fill
 from mavos.model.memory import MemoryState
-from mavos.model.propagation import LayerMemory
+from mavos.model.propagation import LayerMemory, PendingMemory
 from mavos.model.vos import EncodedFrame, VOSNetwork
 
 
 def one_hot_mask(mask: torch.Tensor, max_objects: int) -> torch.Tensor:
-    """(B, H, W) int ids -> (B, 1 + max_objects, H, W) float one-hot."""
+    """(B, H, W) int ids -> (B, 1 + max_objects, H, W) float one-hot; ids above ``max_objects`` are refused."""
     if mask.numel() and int(mask.max()) > max_objects:
         raise ValueError(f"mask holds object id {int(mask.max())} but the ID bank holds {max_objects} objects")
-    return F.one_hot(mask.long(), max_objects + 1).permute(0, 3, 1, 2).float()
+    return ids_to_one_hot(mask, max_objects)
+
+
+def ids_to_one_hot(mask: torch.Tensor, max_objects: int) -> torch.Tensor:
+    """``one_hot_mask`` without the check (no host synchronisation): for ids known to be in range. The result
+    is channels-last, the layout the ID bank's convolution runs fastest in."""
+    classes = torch.arange(max_objects + 1, device=mask.device)
+    return (mask.long()[..., None] == classes).permute(0, 3, 1, 2).float()
 
 
 class ObjectTracker:
@@ -28,45 +35,58 @@ class ObjectTracker:
         (default: the memory policy's train_gap / test_gap: 2 / 10 for MAVOS, 2 / 5 for DeAOT-L).
     id_permutation: optional (B, 1+N, 1+N) permutation matrices (training's random ID assignment):
         identities are permuted before embedding and logits are permuted back.
+    step: the per-frame functions (``FrameStep``, or a ``CompiledFrameStep`` shared by a session's trackers).
     """
 
     def __init__(self, net: VOSNetwork, num_objects: torch.Tensor | list[int], long_term_gap: int | None = None,
-                 id_permutation: torch.Tensor | None = None):
+                 id_permutation: torch.Tensor | None = None, step: FrameStep | None = None):
         self.net = net
         self.num_objects = [int(n) for n in num_objects]
         if long_term_gap is None:
             long_term_gap = net.memory.train_gap if net.training else net.memory.test_gap
         self.long_term_gap = int(long_term_gap)
         self.id_permutation = id_permutation
+        self.step = step if step is not None else FrameStep(net)
         self.memory: MemoryState | None = None
         self.short_term: list[LayerMemory] | None = None
-        self.pending: list[LayerMemory] | None = None  # memory of the last propagated frame, awaiting its mask
+        self.pending: list[PendingMemory] | None = None  # memory of the last propagated frame, awaiting its mask
         self.frame_index = -1
         self.last_memory_frame = -1
         self.size: tuple[int, int] | None = None  # token map size, fixed by the first reference frame
+        self._keep: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def num_memory_slots(self) -> int:
         return 0 if self.memory is None else self.memory.num_slots
 
+    def keep_mask(self, device: torch.device) -> torch.Tensor:
+        """(B, 1 + max_objects) bool: the identities that hold objects (made once per object count)."""
+        key = (tuple(self.num_objects), device)
+        if self._keep is None or self._keep[0] != key:
+            ids = torch.arange(self.net.max_objects + 1)[None, :]
+            self._keep = (key, (ids <= torch.tensor(self.num_objects)[:, None]).to(device))
+        return self._keep[1]
+
     def _identity(self, one_hot: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self.net.identity(self._permute_ids(one_hot), size)
+
+    def _permute_ids(self, one_hot: torch.Tensor) -> torch.Tensor:
         if self.id_permutation is not None:
             one_hot = torch.einsum("bohw,bot->bthw", one_hot, self.id_permutation.to(one_hot.dtype))
-        return self.net.identity(one_hot, size)
+        return one_hot
 
-    def _finish_logits(self, features: torch.Tensor, frame: EncodedFrame) -> torch.Tensor:
-        logits = self.net.decode(features, frame)
+    def _finish_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Permute identities back (training) and mask the identities that hold no object."""
         if self.id_permutation is not None:
             logits = torch.einsum("bohw,bto->bthw", logits, self.id_permutation.to(logits.dtype))
-        fill = -1e4 if logits.dtype in (torch.float16, torch.bfloat16) else -1e10
-        keep = torch.arange(logits.shape[1], device=logits.device)[None, :] <= torch.tensor(
-            self.num_objects, device=logits.device)[:, None]
-        return logits.masked_fill(~keep[:, :, None, None], fill)
+        keep = self.keep_mask(logits.device)
+        return logits.masked_fill(~keep[:, :, None, None], logit_fill(logits.dtype))
 
     def reference(self, frame: EncodedFrame, one_hot: torch.Tensor, frame_index: int | None = None) -> torch.Tensor:
         """Add a reference frame with its mask (the first frame, or a frame where new objects appear).
 
-        one_hot: (B, 1 + max_objects, H, W) at the network's input resolution. Returns stride-4 logits.
+        one_hot: (B, 1 + max_objects, H, W) at the network's input resolution (or only the first 1 + n channels
+        when the objects use ids 1..n). Returns stride-4 logits.
         """
         self.frame_index = self.frame_index + 1 if frame_index is None else frame_index
         self.size = frame.size
@@ -79,26 +99,28 @@ class ObjectTracker:
         self.short_term = memory
         self.pending = None
         self.last_memory_frame = self.frame_index
-        return self._finish_logits(features, frame)
+        return self._finish_logits(self.net.decode(features, frame))
 
     def propagate(self, frame: EncodedFrame) -> torch.Tensor:
         """Segment the next frame from memory. Returns stride-4 logits (unused identities masked)."""
         if self.memory is None:
             raise RuntimeError("ObjectTracker.propagate called before any reference frame")
         self.frame_index += 1
-        features, self.pending = self.net.propagate(frame, self.memory.readout, self.short_term)
-        return self._finish_logits(features, frame)
+        if self.id_permutation is None:  # masking happens inside the step
+            logits, self.pending = self.step.propagate(frame, self.memory.readout, self.short_term,
+                                                       self.keep_mask(frame.tokens.device))
+            return logits
+        logits, self.pending = self.step.propagate(frame, self.memory.readout, self.short_term, None)
+        return self._finish_logits(logits)
 
     def memorize(self, one_hot: torch.Tensor, write_long_term: bool = True) -> None:
         """Give the last propagated frame its mask (predicted or ground truth, one-hot or probabilities):
         it becomes the short-term memory, and enters long-term memory every ``long_term_gap`` frames."""
         if self.pending is None:
             raise RuntimeError("ObjectTracker.memorize needs a propagated frame")
-        id_emb = self._identity(one_hot, self.size)
-        fused = self.net.fuse_identity(self.pending, id_emb)
-        self.short_term = fused
+        due = self.frame_index - self.last_memory_frame >= self.long_term_gap
+        self.short_term, self.memory = self.step.memorize(self.pending, self._permute_ids(one_hot), self.size,
+                                                          self.memory, due and write_long_term)
         self.pending = None
-        if self.frame_index - self.last_memory_frame >= self.long_term_gap:
-            if write_long_term:
-                self.memory = self.net.memory.write(self.memory, fused, self.size)
+        if due:
             self.last_memory_frame = self.frame_index

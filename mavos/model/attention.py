@@ -2,16 +2,19 @@
 
 out = Proj(DWConv5x5(Attention(Q, K, V) * U)), with V and U already SiLU-gated by the caller or by the
 optional input projections. Tokens are batch-first (B, L, C) in row-major order over the H x W map.
+The global attention attends to every memory token; the local one only inside a window (see
+``LocalGatedAttention``).
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mavos.model.layers import map_to_tokens, silu, tokens_to_map
+from mavos.model.layers import attention, map_to_tokens, silu, tokens_to_map
 
 
 class DepthwiseConv(nn.Module):
@@ -65,30 +68,55 @@ class GatedAttention(nn.Module):
         return silu(torch.cat([a, b], dim=-1))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
-                size: tuple[int, int], attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+                size: tuple[int, int]) -> torch.Tensor:
         if self.project_inputs:
             q = k = self.linear_qk(q)
             v = self._pair(v, self.linear_v1, self.linear_v2)
             u = self._pair(u, self.linear_u1, self.linear_u2)
+        out = self.attend(q, k, v, size) * u
+        return self.projection(self.dw_conv(out, size))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Multi-head attention of (B, Lq, heads*d_att) queries over (B, Lk, .) keys and values."""
         b, lq, _ = q.shape
         lk = k.shape[1]
         qh = q.reshape(b, lq, self.heads, self.d_att).transpose(1, 2)
         kh = k.reshape(b, lk, self.heads, self.d_att).transpose(1, 2)
         vh = v.reshape(b, lk, self.heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            qh, kh, vh, attn_mask=attn_bias, dropout_p=self.attn_dropout if self.training else 0.0,
-            scale=1.0 / math.sqrt(self.d_att))
-        out = out.transpose(1, 2).reshape(b, lq, -1) * u
-        return self.projection(self.dw_conv(out, size))
+        out = attention(qh, kh, vh, 1.0 / math.sqrt(self.d_att),
+                        dropout=self.attn_dropout if self.training else 0.0)
+        return out.transpose(1, 2).reshape(b, lq, -1)
+
+
+class WindowBands(NamedTuple):
+    """How a token map is cut into bands of query rows for the windowed attention (see LocalGatedAttention).
+
+    rows: query rows per band; pad: key rows of zero padding above the map (and at least as many below);
+    bands: number of bands; keys: key tokens per band; index: (bands, rows*W, keys) position of each
+    (query, key) pair in the query's (2r+1)^2 window, or (2r+1)^2 where the key lies outside it.
+    """
+
+    rows: int
+    pad: int
+    bands: int
+    keys: int
+    index: torch.Tensor
 
 
 class LocalGatedAttention(GatedAttention):
     """Short-term propagation: each position attends to a (2r+1)^2 window of the previous frame,
     with a relative-position term predicted from the query (DeAOT's ``relative_emb_k``).
 
-    Computed densely with an additive window mask (exactly the windowed softmax), which needs no
-    custom CUDA kernel; memory is O((HW)^2) per head like the reference's local-to-global scatter.
+    Computed exactly inside the window, in bands of ``band_rows`` query rows: a band's queries can only see
+    the key rows from r above to r below it, a contiguous run of tokens, so each band is one dense
+    attention over ``(band_rows + 2r) * W`` keys (the band windows are overlapping views of the key
+    and value tokens, not copies), with -inf outside each query's window. Over a 31x54 token map (480p)
+    this does 1.9x fewer multiply-adds than attending to the whole map with a mask (the window alone would
+    be 7.4x fewer, but needs gathered copies of the 1024-wide values), and needs no custom kernel. Maps of
+    at most ``band_rows + 2r`` rows are one band (the whole map).
     """
+
+    band_rows = 2
 
     def __init__(self, d_qk: int, d_vu: int, d_att: int, heads: int = 1, expand: float = 2.0,
                  max_distance: int = 7):
@@ -96,30 +124,63 @@ class LocalGatedAttention(GatedAttention):
         self.max_distance = max_distance
         self.window = 2 * max_distance + 1
         self.relative_emb = nn.Conv2d(d_att * heads, heads * self.window ** 2, kernel_size=1, groups=heads)
-        self._index_cache: dict[tuple, torch.Tensor] = {}
+        self._bands_cache: dict[tuple, WindowBands] = {}
 
-    def _window_index(self, size: tuple[int, int], device: torch.device) -> torch.Tensor:
-        """(HW, HW) index of key p' in query p's window (row-major offsets), window**2 where outside."""
-        key = (size, device)
-        idx = self._index_cache.get(key)
-        if idx is None:
-            h, w = size
-            ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-            ys, xs = ys.reshape(-1), xs.reshape(-1)
-            dy = ys[None, :] - ys[:, None]
-            dx = xs[None, :] - xs[:, None]
-            r = self.max_distance
-            inside = (dy.abs() <= r) & (dx.abs() <= r)
-            idx = torch.where(inside, (dy + r) * self.window + (dx + r), torch.full_like(dy, self.window ** 2))
-            self._index_cache = {key: idx}
-        return idx
+    def bands(self, size: tuple[int, int], device: torch.device) -> WindowBands:
+        """The band layout of an H x W token map (computed once per map size and device)."""
+        key = (size, device, self.band_rows)
+        cached = self._bands_cache.get(key)
+        if cached is not None:
+            return cached
+        h, w = size
+        r = self.max_distance
+        rows, pad = (self.band_rows, r) if h > self.band_rows + 2 * r else (h, 0)
+        bands = -(-h // rows)
+        keys = (rows + 2 * pad) * w
+        q = torch.arange(rows * w, device=device)
+        k = torch.arange(keys, device=device)
+        start = torch.arange(bands, device=device)[:, None, None] * rows
+        qy, qx = start + (q // w)[None, :, None], (q % w)[None, :, None]
+        ky, kx = start - pad + (k // w)[None, None, :], (k % w)[None, None, :]
+        dy, dx = ky - qy, kx - qx
+        inside = (dy.abs() <= r) & (dx.abs() <= r) & (ky >= 0) & (ky < h)
+        index = torch.where(inside, (dy + r) * self.window + (dx + r), self.window ** 2)
+        bands_ = WindowBands(rows, pad, bands, keys, index)
+        self._bands_cache = {key: bands_}
+        return bands_
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
-                size: tuple[int, int], attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         b, n, _ = q.shape
-        rel = self.relative_emb(tokens_to_map(q, size)).reshape(b, self.heads, self.window ** 2, n)
-        outside = torch.full((b, self.heads, 1, n), float("-inf"), dtype=rel.dtype, device=rel.device)
-        rel = torch.cat([rel, outside], dim=2).transpose(2, 3)  # (B, heads, query, window**2 + 1)
-        idx = self._window_index(size, q.device).expand(b, self.heads, n, n)
-        bias = torch.gather(rel, 3, idx).to(q.dtype)
-        return super().forward(q, k, v, u, size, attn_bias=bias)
+        rel = map_to_tokens(self.relative_emb(tokens_to_map(q, size)))  # (B, N, heads * window^2)
+        layout = self.bands(size, q.device)
+        outs = []
+        for i in range(b):  # one video at a time: band views of one sample need no copies
+            heads = []
+            for h in range(self.heads):
+                qs = slice(h * self.d_att, (h + 1) * self.d_att)
+                vs = v.shape[-1] // self.heads
+                heads.append(self._banded(q[i, :, qs], k[i, :, qs], v[i, :, h * vs:(h + 1) * vs],
+                                          rel[i, :, h * self.window ** 2:(h + 1) * self.window ** 2],
+                                          size, layout))
+            outs.append(torch.cat(heads, dim=-1) if self.heads > 1 else heads[0])
+        return torch.stack(outs) if b > 1 else outs[0][None]
+
+    def _banded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel: torch.Tensor,
+                size: tuple[int, int], layout: WindowBands) -> torch.Tensor:
+        """One sample, one head: q, k (N, d), v (N, dv), rel (N, window^2) -> (N, dv)."""
+        h, w = size
+        n = h * w
+        rows, pad, bands, keys = layout.rows, layout.pad, layout.bands, layout.keys
+        padded_queries = bands * rows * w
+        below = padded_queries + 2 * pad * w - n - pad * w  # zero key rows below the map
+        k = F.pad(k, (0, 0, pad * w, below))
+        v = F.pad(v, (0, 0, pad * w, below))
+        # Key and value windows of every band: overlapping views (bands, d, keys) of the padded tokens.
+        k_bands = k.unfold(0, keys, rows * w)
+        v_bands = v.unfold(0, keys, rows * w).transpose(1, 2)
+        q = F.pad(q * (1.0 / math.sqrt(self.d_att)), (0, 0, 0, padded_queries - n)).view(bands, rows * w, -1)
+        # Relative-position term of every (query, key) pair; -inf (the extra last column) outside the window.
+        rel = F.pad(F.pad(rel, (0, 0, 0, padded_queries - n)), (0, 1), value=float("-inf"))
+        bias = torch.gather(rel.view(bands, rows * w, -1), 2, layout.index).to(q.dtype)
+        weights = torch.softmax(torch.baddbmm(bias, q, k_bands), dim=-1)
+        return torch.bmm(weights, v_bands).reshape(padded_queries, -1)[:n]

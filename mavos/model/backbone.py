@@ -152,6 +152,25 @@ class PaddedWindowAttention(ShiftedWindowAttention):
         differs = region[:, :, None] != region[:, None, :]
         return differs.float() * -100.0
 
+    def attention_bias(self, hp: int, wp: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(1, nW or 1, heads, N, N): relative-position bias, plus the shift mask in shifted blocks. It depends only
+        on the padded map size and the bias table, so without autograd it is built once and reused (rebuilt when
+        the table changes)."""
+        table = self.relative_position_bias_table
+        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        key = (hp, wp, device, dtype, table.data_ptr(), table._version) if cacheable else None
+        cached = getattr(self, "_bias_cache", None)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        win, shift = self.window_size[0], self.shift_size[0]
+        bias = table[self.relative_position_index].permute(2, 0, 1)[None, None]  # 1, 1, heads, N, N
+        if shift:
+            bias = bias + self.shift_mask(hp, wp, win, shift, device).to(bias.dtype)[None, :, None]
+        bias = bias.to(dtype)
+        if key is not None:
+            self._bias_cache = (key, bias)
+        return bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
         b, h, w, c = x.shape
@@ -164,11 +183,7 @@ class PaddedWindowAttention(ShiftedWindowAttention):
         windows = x.view(b, nh, win, nw, win, c).permute(0, 1, 3, 2, 4, 5).reshape(b, nh * nw, n, c)
         qkv = self.qkv(windows).view(b, nh * nw, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, hd)
-        bias = self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)  # heads, N, N
-        bias = bias[None, None]
-        if shift:
-            bias = bias + self.shift_mask(hp, wp, win, shift, x.device).to(bias.dtype)[None, :, None]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.attention_bias(hp, wp, x.device, q.dtype),
                                              dropout_p=self.attention_dropout if self.training else 0.0)
         out = self.proj(out.transpose(2, 3).reshape(b, nh * nw, n, c))
         out = F.dropout(out, p=self.dropout, training=self.training)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mavos.model.layers import map_to_tokens
@@ -24,4 +25,9 @@ class IDBank(nn.Module):
         nn.init.orthogonal_(self.conv.weight.view(dim, -1), gain=k ** -2)
 
     def forward(self, one_hot: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.norm(map_to_tokens(self.conv(one_hot))))
+        """one_hot: (B, C, H, W) with C <= 1 + max_objects: a mask whose objects use only the first ids may
+        leave out the all-zero channels of the others, and the convolution then skips them (they add 0)."""
+        channels = one_hot.shape[1]
+        weight = self.conv.weight if channels == self.conv.in_channels else self.conv.weight[:, :channels]
+        emb = F.conv2d(one_hot, weight, self.conv.bias, self.conv.stride, self.conv.padding)
+        return self.dropout(self.norm(map_to_tokens(emb)))

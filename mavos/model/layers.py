@@ -35,17 +35,42 @@ class ConvGroupNorm(nn.Module):
 
 
 def tokens_to_map(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, H*W, C) row-major tokens -> (B, C, H, W) map."""
+    """(B, H*W, C) row-major tokens -> (B, C, H, W) map.
+
+    For contiguous tokens this is a view in channels-last layout (no copy), and convolutions on it run
+    channels-last and return channels-last maps (tokens again, see ``map_to_tokens``): the fast layout for the
+    depthwise and 1x1 convolutions over token maps. (A transpose-then-reshape view would have a batch stride
+    that the CPU convolution does not recognise as channels-last, and it would convert layouts twice.)
+    """
     b, n, c = tokens.shape
     h, w = size
     if n != h * w:
         raise ValueError(f"{n} tokens do not form a {h}x{w} map")
-    return tokens.transpose(1, 2).reshape(b, c, h, w)
+    return tokens.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) map -> (B, H*W, C) row-major tokens."""
+    """(B, C, H, W) map -> (B, H*W, C) row-major tokens (a view; contiguous when the map is channels-last)."""
     return x.flatten(2).transpose(1, 2)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, bias: torch.Tensor | None = None,
+              dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v over (..., L, d) tensors.
+
+    On the CPU this is written out (matmul, softmax, matmul): ``scaled_dot_product_attention`` takes a slow
+    generic path there when the value width differs from the query width (1024 vs 128 in the propagation).
+    Elsewhere (CUDA) it is ``scaled_dot_product_attention``, which picks the fused kernels.
+    """
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)
+    scores = torch.matmul(q * scale, k.transpose(-1, -2))
+    if bias is not None:
+        scores = scores + bias
+    weights = torch.softmax(scores, dim=-1)
+    if dropout:
+        weights = F.dropout(weights, dropout)
+    return torch.matmul(weights, v)
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:

@@ -15,16 +15,33 @@ from mavos.model.layers import DropPath, silu
 
 
 class LayerMemory(NamedTuple):
-    """What one frame contributes to one layer's memory: tokens (B, N, C).
+    """One layer's memory tokens, batch-first (B, L, C): what the propagation attends to.
 
-    key (d_att) and value (2*d) come from the visual branch; id_value (2*d) carries the object identities.
-    Before the frame's mask is known, ``id_value`` holds the identity-branch features (or None in layer 0)
-    that ``GatedPropagationLayer.fuse_identity`` turns into the identity value.
+    key (d_att) comes from the visual branch; values holds the visual value and the identity value (2d each)
+    side by side, the layout the attention reads, so neither reading nor writing memory concatenates them.
     """
 
     key: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def value(self) -> torch.Tensor:
+        """The visual value (a view of the first half of ``values``)."""
+        return self.values[..., : self.values.shape[-1] // 2]
+
+    @property
+    def id_value(self) -> torch.Tensor:
+        """The identity value (a view of the second half of ``values``)."""
+        return self.values[..., self.values.shape[-1] // 2:]
+
+
+class PendingMemory(NamedTuple):
+    """A propagated frame's memory before its mask is known: key, visual value and the identity-branch
+    features (None in layer 0) that ``GatedPropagationLayer.fuse_identity`` turns into the identity value."""
+
+    key: torch.Tensor
     value: torch.Tensor
-    id_value: torch.Tensor | None
+    id_features: torch.Tensor | None
 
 
 class GatedPropagationLayer(nn.Module):
@@ -60,12 +77,18 @@ class GatedPropagationLayer(nn.Module):
         x = id_emb if id_features is None else torch.cat([id_features, id_emb], dim=-1)
         return silu(self.linear_id_v(x))
 
+    def memory(self, pending: PendingMemory, id_emb: torch.Tensor) -> LayerMemory:
+        """The frame's writable memory once its mask (``id_emb``) is known. The key is copied out of the
+        fused query/value projection so that memory holds only its own tokens."""
+        identity = self.fuse_identity(pending.id_features, id_emb)
+        return LayerMemory(pending.key.contiguous(), torch.cat([pending.value, identity], dim=-1))
+
     def forward(self, x: torch.Tensor, x_id: torch.Tensor | None, long_term: LayerMemory | None,
                 short_term: LayerMemory | None, size: tuple[int, int], id_emb: torch.Tensor | None = None):
         """Propagate one frame. With ``id_emb`` (a reference frame) the frame attends to itself.
 
-        Returns the new visual and identity features and the frame's own ``LayerMemory``: already fused
-        with ``id_emb`` for a reference frame, otherwise holding identity features awaiting a mask.
+        Returns the new visual and identity features and the frame's own memory: a ``LayerMemory`` for a
+        reference frame (fused with ``id_emb``), otherwise a ``PendingMemory`` awaiting the frame's mask.
         """
         t = self.norm1(x)
         q, v = self.linear_qv(t).split([self.d_att, self.expand_dim], dim=-1)
@@ -78,23 +101,25 @@ class GatedPropagationLayer(nn.Module):
             id_features = self.id_norm1(x_id)
             gate = silu(torch.cat([u, self.linear_id_u(id_features)], dim=-1))
 
+        pending = PendingMemory(q, v, id_features)
         if id_emb is not None:
-            own = LayerMemory(q, v, self.fuse_identity(id_features, id_emb))
+            own = self.memory(pending, id_emb)
             long_term = short_term = own
         if long_term is None or short_term is None:
             raise ValueError("a frame without a reference needs long- and short-term memory")
 
-        lt = self.long_term_attn(q, long_term.key, torch.cat([long_term.value, long_term.id_value], -1), gate, size)
-        st = self.short_term_attn(q, short_term.key, torch.cat([short_term.value, short_term.id_value], -1), gate, size)
+        lt = self.long_term_attn(q, long_term.key, long_term.values, gate, size)
+        st = self.short_term_attn(q, short_term.key, short_term.values, gate, size)
         lst = self.lst_dropout(lt + st)
         x = x + lst[..., : self.d_model]
         x_id = lst[..., self.d_model:] if x_id is None else x_id + lst[..., self.d_model:]
 
         s = torch.cat([self.norm2(x), self.id_norm2(x_id)], dim=-1)
-        out = self.droppath(self.self_attn(s, s, s, s, size))
-        x = x + out[..., : self.d_model]
-        x_id = x_id + out[..., self.d_model:]
-        return x, x_id, (own if id_emb is not None else LayerMemory(q, v, id_features))
+        out = self.self_attn(s, s, s, s, size)
+        # Two independent DropPath draws, one per branch (as the released code does).
+        x = x + self.droppath(out[..., : self.d_model])
+        x_id = x_id + self.droppath(out[..., self.d_model:])
+        return x, x_id, (own if id_emb is not None else pending)
 
 
 class Propagator(nn.Module):
@@ -122,7 +147,6 @@ class Propagator(nn.Module):
         out = self.output_norm(out.transpose(1, 2)).transpose(1, 2)
         return out, frame_memory
 
-    def fuse_identity(self, frame_memory: list[LayerMemory], id_emb: torch.Tensor) -> list[LayerMemory]:
+    def fuse_identity(self, frame_memory: list[PendingMemory], id_emb: torch.Tensor) -> list[LayerMemory]:
         """Turn a propagated frame's memory into a writable memory once its mask is known."""
-        return [LayerMemory(m.key, m.value, layer.fuse_identity(m.id_value, id_emb))
-                for m, layer in zip(frame_memory, self.layers)]
+        return [layer.memory(m, id_emb) for m, layer in zip(frame_memory, self.layers)]

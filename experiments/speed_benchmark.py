@@ -1,0 +1,399 @@
+"""Speed benchmark: per-frame time of ``InferenceSession.step`` over a long video, FLOPs and how close they come
+to the machine's matmul peak. Random weights and frames (speed does not depend on them).
+
+    python experiments/speed_benchmark.py --model mavos_mbv2 --size 481x849 --frames 150 --threads 2
+    python experiments/speed_benchmark.py --model mavos_mbv2 --memory bank --size 481x481 --frames 150
+    python experiments/speed_benchmark.py --model mavos_r50 --size 480x854 --frames 1000 --device cuda \\
+        --precision bf16 --compile
+    python experiments/speed_benchmark.py --size 481x849 --frames 40 --compare-with /path/to/old/checkout
+
+Reports, for the timed frames (after ``--warmup`` frames, which also absorb compilation): median and p90
+ms/frame of regular frames, median ms of the frames that write long-term memory (every ``--gap`` frames), FPS
+(all timed frames), the first and last tenth of the video (flatness), peak memory (CUDA
+``max_memory_allocated``, or the process's peak RSS on the CPU), FLOPs per regular and per memory-write frame
+(``torch.utils.flop_counter``: matmuls, convolutions, attention), achieved FLOP/s and its fraction of the
+machine's matmul peak measured in the same run (best of a few large matmuls in the run's dtype, before and
+after). Writes ``<out>/<tag>.csv`` (one row per frame: index, ms, memory write, MB) and ``<out>/<tag>.png``.
+
+``--compare-with DIR`` also loads the ``mavos`` package of another checkout (e.g. the code before a change;
+imported under another name) and runs both in one process, alternating frame by frame (who goes first
+alternates too): on a shared machine only timings taken side by side are comparable. The summary gives both
+and the ratio of their medians.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import os
+import re
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW (e.g. 481x849), got {text!r}") from None
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="mavos_mbv2", help="a model config name (conf/model)")
+    ap.add_argument("--memory", choices=["mca", "bank", "fifo"], default=None, help="override the model's memory")
+    ap.add_argument("--size", type=parse_size, default=(481, 849), help="frame size HxW")
+    ap.add_argument("--resize", action="store_true",
+                    help="feed frames of exactly --size (the session resizes them); default: frames at the "
+                         "inference size that --size maps to, so no resizing is timed")
+    ap.add_argument("--frames", type=int, default=150, help="timed frames (up to 10,000 or more)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed frames first (default 3*gap + 5)")
+    ap.add_argument("--gap", type=int, default=None, help="long-term gap (default: the memory's test gap)")
+    ap.add_argument("--objects", type=int, default=1)
+    ap.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda when available)")
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32")
+    ap.add_argument("--compile", action="store_true", help="session.compile=true (the compiled fixed-shape step)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
+    ap.add_argument("--out", type=Path, default=ROOT / "logs" / "experiments" / "speed")
+    ap.add_argument("--tag", default=None, help="file name stem (default from the settings)")
+    ap.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
+    ap.add_argument("--compare-with", type=Path, default=None, metavar="DIR",
+                    help="another checkout whose mavos package runs alongside this one, frame by frame")
+    ap.add_argument("--compare-compile", action="store_true",
+                    help="run this checkout eager and compiled alongside each other, frame by frame")
+    return ap
+
+
+# ---------------------------------------------------------------------------------------------------- packages
+class Contender:
+    """One ``mavos`` package under test: this checkout's, or another checkout's loaded as ``mavos_<label>``."""
+
+    def __init__(self, label: str, package: str, compile: bool | None = None):
+        self.label, self.package, self.compile = label, package, compile
+        self.registry = importlib.import_module(f"{package}.registry")
+        self.session_module = importlib.import_module(f"{package}.inference.session")
+
+    @classmethod
+    def from_checkout(cls, checkout: Path, label: str = "old") -> "Contender":
+        """Copy ``checkout``'s mavos/ and conf/ into a temporary folder as package ``mavos_<label>``, with every
+        reference to ``mavos`` (imports, config ``_target_``s) renamed, so both packages load in one process."""
+        if not (checkout / "mavos" / "__init__.py").is_file() or not (checkout / "conf").is_dir():
+            raise SystemExit(f"--compare-with {checkout}: not a mavos checkout (needs mavos/ and conf/)")
+        name = f"mavos_{label}"
+        base = Path(tempfile.mkdtemp(prefix="mavos_compare_"))
+        shutil.copytree(checkout / "mavos", base / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(checkout / "conf", base / "conf")
+        pattern = re.compile(r"\bmavos(?=\.[a-z_]|\s+import\b|$)", re.M)
+        for path in [*(base / name).rglob("*.py"), *(base / "conf").rglob("*.yaml")]:
+            text = path.read_text()
+            path.write_text(pattern.sub(name, text))
+        sys.path.insert(0, str(base))
+        return cls(label, name)
+
+    def build_network(self, model: str, overrides: list[str]):
+        return self.registry.build_network(model, overrides)
+
+    def session(self, net, args, device, gap, compile: bool):
+        cls = self.session_module.InferenceSession
+        kwargs = {"long_term_gap": gap, "device": device}
+        if args.precision in ("bf16", "fp16"):
+            kwargs["amp"] = args.precision
+        if compile:
+            if not hasattr(cls, "tensor_frames"):
+                raise SystemExit(f"{self.label}: this InferenceSession has no compile option")
+            kwargs["compile"] = True
+        return cls(net, **kwargs)
+
+    @property
+    def accepts_tensors(self) -> bool:
+        return getattr(self.session_module.InferenceSession, "tensor_frames", False)
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device, dtype, seconds: float = 1.0) -> float:
+    """Best FLOP/s of square matmuls in ``dtype`` on ``device`` (the machine's practical peak)."""
+    import torch
+
+    n = 4096 if device.type == "cuda" else 1536
+    reps = 4 if device.type == "cuda" else 1
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    torch.mm(a, b)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        sync(device)
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
+    return best
+
+
+def peak_memory_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def current_memory_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2 ** 20
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except OSError:
+        return float("nan")
+
+
+def video(args, device, contender: Contender, count: int = 8):
+    """A few distinct random frames (cycled: content does not change the speed) and a first mask."""
+    import numpy as np
+    import torch
+
+    h, w = args.size
+    if not args.resize:
+        multiple = (16, 0) if "swin" in args.model else (16, 1)
+        h, w = contender.session_module.inference_size(h, w, max_long_edge=None, multiple=multiple)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(count)]
+    if contender.accepts_tensors:
+        frames = [torch.from_numpy(f).to(device) for f in frames]
+    mask = np.zeros((h, w), dtype=np.int64)
+    for k in range(args.objects):
+        y0 = (k * h) // (args.objects + 1)
+        mask[y0 + h // 8: y0 + h // 8 + h // (args.objects + 2), w // 4: 3 * w // 4] = k + 1
+    return frames, mask, (h, w)
+
+
+def count_flops(contender, net, args, device, gap, frames, mask) -> tuple[float, float]:
+    """FLOPs of one regular frame and one memory-write frame after the memory is full (separate session)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    session = contender.session(net, args, device, gap, compile=False)
+    session.add_objects(frames[0], mask)
+    regular = write = None
+    for t in range(1, 2 * gap + 2):
+        is_write = t % gap == 0
+        if (is_write and t >= 2 * gap and write is None) or (not is_write and t > gap and regular is None):
+            with FlopCounterMode(display=False) as counter:
+                session.step(frames[t % len(frames)])
+            if is_write:
+                write = counter.get_total_flops()
+            else:
+                regular = counter.get_total_flops()
+        else:
+            session.step(frames[t % len(frames)])
+    return float(regular or 0), float(write if write is not None else regular or 0)
+
+
+def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
+    """All contenders over the same frames, one frame each in turn; a summary dict per contender."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
+    overrides = [f"memory={args.memory}"] if args.memory else []
+    runs = []
+    for c in contenders:
+        torch.manual_seed(0)
+        net = c.build_network(args.model, overrides).to(device).eval()
+        gap = args.gap or net.memory.test_gap
+        frames, mask, size = video(args, device, c)
+        runs.append({"contender": c, "net": net, "gap": gap, "frames": frames, "mask": mask, "size": size,
+                     "rows": []})
+    gap = runs[0]["gap"]
+    warmup = args.warmup if args.warmup is not None else 3 * gap + 5
+    dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    peak_dtype = dtype[args.precision] if device.type == "cuda" else torch.float32
+    peak_before = matmul_peak(device, peak_dtype)
+    total = warmup + args.frames
+    with torch.inference_mode():
+        for r in runs:
+            r["flops"] = (0.0, 0.0) if args.no_flops else count_flops(r["contender"], r["net"], args, device, gap,
+                                                                      r["frames"], r["mask"])
+            compile = args.compile if r["contender"].compile is None else r["contender"].compile
+            r["session"] = r["contender"].session(r["net"], args, device, gap, compile)
+            r["session"].add_objects(r["frames"][0], r["mask"])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for t in range(1, total + 1):
+            order = runs if t % 2 else runs[::-1]
+            for r in order:
+                frame = r["frames"][t % len(r["frames"])]
+                if device.type == "cuda":
+                    start.record()
+                    r["session"].step(frame)
+                    end.record()
+                    end.synchronize()
+                    ms = start.elapsed_time(end)
+                else:
+                    t0 = time.perf_counter()
+                    r["session"].step(frame)
+                    ms = (time.perf_counter() - t0) * 1000
+                r["rows"].append({"frame": t, "ms": round(ms, 3), "memory_write": int(t % gap == 0),
+                                  "timed": int(t > warmup), "mb": round(current_memory_mb(device), 1)})
+    peak = max(peak_before, matmul_peak(device, peak_dtype))
+    return [summarise(r, args, device, gap, warmup, peak) for r in runs]
+
+
+def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> dict:
+    import torch
+
+    rows = run["rows"]
+    timed = [r for r in rows if r["timed"]]
+    regular = [r["ms"] for r in timed if not r["memory_write"]]
+    writes = [r["ms"] for r in timed if r["memory_write"]]
+    all_ms = [r["ms"] for r in timed]
+    tenth = max(1, len(timed) // 10)
+    mean_ms = statistics.fmean(all_ms)
+    flops = run["flops"]
+    mean_flops = (flops[0] * len(regular) + flops[1] * len(writes)) / max(1, len(timed))
+    achieved = mean_flops / (mean_ms / 1000)
+    size = run["size"]
+    return {
+        "label": run["contender"].label, "model": args.model, "memory": type(run["net"].memory).__name__,
+        "size": f"{size[0]}x{size[1]}", "device": str(device), "device_name": device_name(device),
+        "threads": torch.get_num_threads(), "precision": args.precision, "gap": gap,
+        "compile": bool(args.compile if run["contender"].compile is None else run["contender"].compile),
+        "objects": args.objects, "frames": len(timed), "warmup": warmup,
+        "median_ms": statistics.median(regular) if regular else float("nan"), "p90_ms": quantile(regular, 0.9),
+        "write_median_ms": statistics.median(writes) if writes else float("nan"), "fps": 1000.0 / mean_ms,
+        "first_tenth_ms": statistics.fmean(all_ms[:tenth]), "last_tenth_ms": statistics.fmean(all_ms[-tenth:]),
+        "first_tenth_mb": statistics.fmean(r["mb"] for r in timed[:tenth]),
+        "last_tenth_mb": statistics.fmean(r["mb"] for r in timed[-tenth:]),
+        "peak_mb": peak_memory_mb(device), "gflop_regular": flops[0] / 1e9, "gflop_write": flops[1] / 1e9,
+        "achieved_gflops": achieved / 1e9, "peak_gflops": peak / 1e9, "fraction_of_peak": achieved / peak,
+        "torch": torch.__version__, "rows": rows,
+    }
+
+
+def quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def device_name(device) -> str:
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} CPUs"
+
+
+# ---------------------------------------------------------------------------------------------------- reporting
+def tag_of(args) -> str:
+    h, w = args.size
+    return args.tag or (f"{args.model}_{args.memory or 'default'}_{h}x{w}_{args.precision}"
+                        f"{'_compiled' if args.compile else ''}_{args.device or 'auto'}"
+                        f"{'_compared' if args.compare_with else ''}{'_eager_vs_compiled' if args.compare_compile else ''}")
+
+
+def save(results: list[dict], out: Path, tag: str) -> tuple[Path, Path | None]:
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / f"{tag}.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["contender", "frame", "ms", "memory_write", "timed", "mb"])
+        for r in results:
+            for row in r["rows"]:
+                writer.writerow([r["label"], row["frame"], row["ms"], row["memory_write"], row["timed"], row["mb"]])
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return csv_path, None
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for r in results:
+        frames = [row["frame"] for row in r["rows"]]
+        ax.plot(frames, [row["ms"] for row in r["rows"]], lw=0.7, label=r["label"])
+        ax2.plot(frames, [row["mb"] for row in r["rows"]], lw=0.7, label=r["label"])
+    ax.set_ylabel("ms / frame")
+    ax2.set_ylabel("MB (CUDA allocated / RSS)")
+    ax2.set_xlabel("frame")
+    ax.legend()
+    r = results[-1]
+    ax.set_title(f"{r['model']} {r['memory']} {r['size']} {r['precision']}{' compiled' if r['compile'] else ''} "
+                 f"on {r['device_name']}")
+    fig.tight_layout()
+    png = out / f"{tag}.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return csv_path, png
+
+
+def summary_line(r: dict) -> str:
+    return (f"median {r['median_ms']:.1f} ms  p90 {r['p90_ms']:.1f}  write {r['write_median_ms']:.1f}  "
+            f"{r['fps']:.2f} FPS  first/last 10% {r['first_tenth_ms']:.1f}/{r['last_tenth_ms']:.1f} ms  "
+            f"peak {r['peak_mb']:.0f} MB  {r['gflop_regular']:.1f}/{r['gflop_write']:.1f} GFLOP  "
+            f"{r['achieved_gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of {r['peak_gflops']:.0f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.compare_compile:
+        contenders = [Contender("eager", "mavos", compile=False), Contender("compiled", "mavos", compile=True)]
+    else:
+        contenders = [Contender("new" if args.compare_with else "mavos", "mavos")]
+    if args.compare_with is not None:
+        contenders.insert(0, Contender.from_checkout(args.compare_with.resolve(), "old"))
+    results = run_benchmark(args, contenders)
+    csv_path, png = save(results, args.out, tag_of(args))
+    r = results[-1]
+    print(f"{r['model']} ({r['memory']}) {r['size']} {r['precision']}{' compiled' if r['compile'] else ''} on "
+          f"{r['device_name']}, {r['threads']} threads, gap {r['gap']}, {r['frames']} timed frames after "
+          f"{r['warmup']}, torch {r['torch']}")
+    for res in results:
+        print(f"{res['label']:>5}: {summary_line(res)}")
+    for first, other in zip(results, results[1:]):
+        print(f"{other['label']} / {first['label']}: {other['median_ms'] / first['median_ms']:.3f} (median regular "
+              f"frame), {other['write_median_ms'] / first['write_median_ms']:.3f} (median memory-write frame)")
+    print(f"csv: {csv_path}" + (f"  plot: {png}" if png else ""))
+    if args.json:
+        print(json.dumps([{k: v for k, v in res.items() if k != "rows"} for res in results]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""session.compile: the compiled fixed-shape step equals the eager one; where compiling cannot work it warns
+once and runs eagerly, never failing mid-video."""
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from mavos.inference.session import InferenceSession
+from mavos.inference.step import CompiledFrameStep
+from mavos.registry import build_network
+from tests.golden_scenario import seeded_weights
+
+SIZE, FRAMES, GAP = 65, 30, 3  # memory writes at frames 3, 6, ..., 27: the recurrent slot is fused 8 times
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return seeded_weights(build_network("mavos_mbv2"))
+
+
+@pytest.fixture(scope="module")
+def video():
+    rng = np.random.default_rng(0)
+    vid = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(FRAMES)]
+    mask = np.zeros((SIZE, SIZE), dtype=np.int64)
+    mask[10:30, 10:40], mask[40:60, 20:50] = 1, 2
+    return vid, mask
+
+
+def run(session: InferenceSession, video, frames: int = FRAMES) -> torch.Tensor:
+    vid, mask = video
+    session.add_objects(vid[0], mask)
+    return torch.stack([session.step(f).clone() for f in vid[1:frames]])
+
+
+@pytest.fixture(scope="module")
+def eager(net, video):
+    return run(InferenceSession(net, long_term_gap=GAP), video)
+
+
+def test_compiled_step_equals_eager_over_30_frames(net, video, eager):
+    """torch.compile (inductor) of encoder, propagation and memory writes: 30 frames, 9 memory writes."""
+    session = InferenceSession(net, long_term_gap=GAP, compile=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback warning: it really compiled
+        warnings.filterwarnings("ignore", message=".*(TensorFloat32|cudagraph|CUDA).*")
+        compiled = run(session, video)
+    step = session.step_functions
+    assert isinstance(step, CompiledFrameStep) and step.disabled is None
+    assert set(step._compiled) == {"encode", "propagate", "memorize", "memorize_write"}
+    assert (compiled - eager).abs().max() < 1e-4
+
+
+def test_cuda_graph_path_clones_outputs(net, video, eager):
+    """The CUDA-graph path (output cloning, step markers) run on the CPU through dynamo's eager backend."""
+    session = InferenceSession(net, long_term_gap=GAP)
+    session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
+    session.step_functions.cudagraphs = True
+    out = run(session, video, frames=10)  # writes at 3 (first), 6 and 9 (fused, compiled)
+    assert session.step_functions.disabled is None and "memorize_write" in session.step_functions._compiled
+    assert (out - eager[:9]).abs().max() < 1e-5
+
+
+def test_sessions_share_one_compiled_step(net):
+    """One compiled step per network and device: a video per session never recompiles."""
+    a, b = InferenceSession(net, compile=True), InferenceSession(net, compile=True)
+    assert a.step_functions is b.step_functions
+    assert InferenceSession(copy.deepcopy(net), compile=True).step_functions is not a.step_functions
+
+
+def test_failing_compiler_warns_once_and_runs_eagerly(net, video, eager, monkeypatch):
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("unsupported op: aten::imaginary")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    session = InferenceSession(copy.deepcopy(net), long_term_gap=GAP, compile=True)
+    with pytest.warns(UserWarning, match="compiling failed, running eagerly") as caught:
+        out = run(session, video, frames=8)
+    assert len([w for w in caught if "session.compile" in str(w.message)]) == 1
+    assert "unsupported op" in session.step_functions.disabled
+    assert (out - eager[:7]).abs().max() < 1e-5
+
+
+def test_growing_memory_is_not_compiled():
+    torch.manual_seed(0)
+    bank = build_network("deaot_mbv2").eval()
+    with pytest.warns(UserWarning, match="needs a fixed-size memory"):
+        session = InferenceSession(bank, compile=True)
+    vid = [np.full((33, 33, 3), 100 + 10 * i, dtype=np.uint8) for i in range(4)]
+    mask = np.zeros((33, 33), dtype=np.int64)
+    mask[5:20, 5:20] = 1
+    session.add_objects(vid[0], mask)
+    for f in vid[1:]:
+        assert session.step(f).shape == (2, 33, 33)
+    assert session.step_functions._compiled == {}

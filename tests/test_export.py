@@ -1,0 +1,134 @@
+"""python -m mavos.export: the exported per-frame step, run in onnxruntime over 30 frames with memory writes,
+matches PyTorch; growing memories and invalid sizes are refused with reasons."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mavos.checkpoints.loading import NETWORK_KEY, network_record
+from mavos.export import ExportError, check_exportable
+from mavos.export.__main__ import main as export_main
+from mavos.inference.tracker import ObjectTracker, one_hot_mask
+from mavos.registry import build_network, network_config
+from tests.golden_scenario import seeded_weights
+
+SIZE, FRAMES, GAP = 65, 30, 3
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return seeded_weights(build_network("mavos_mbv2"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(net, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "mavos_mbv2.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                NETWORK_KEY: network_record(network_config("mavos_mbv2"), "mavos_mbv2")}, path)
+    return path
+
+
+def video():
+    rng = np.random.default_rng(0)
+    frames = rng.random((FRAMES, 1, 3, SIZE, SIZE), dtype=np.float32)
+    mask = np.zeros((1, SIZE, SIZE), dtype=np.int64)
+    mask[:, 10:30, 10:40], mask[:, 40:60, 20:50] = 1, 2
+    return frames, mask
+
+
+def pytorch_reference(net, frames, mask):
+    """The same video through ObjectTracker: each frame memorised with its own upsampled argmax."""
+    tracker = ObjectTracker(net, [2], long_term_gap=GAP)
+    logits, masks = [], [torch.from_numpy(mask)]
+    with torch.no_grad():
+        logits.append(tracker.reference(net.encode(torch.from_numpy(frames[0])), one_hot_mask(masks[0], 10)))
+        for t in range(1, len(frames)):
+            out = tracker.propagate(net.encode(torch.from_numpy(frames[t])))
+            label = F.interpolate(out, size=(SIZE, SIZE), mode="bilinear", align_corners=True).argmax(1)
+            tracker.memorize(one_hot_mask(label, 10))
+            logits.append(out)
+            masks.append(label)
+    assert tracker.memory.num_slots == 2
+    return [x.numpy() for x in logits], [m.numpy() for m in masks]
+
+
+def test_onnx_step_matches_pytorch_over_30_frames(net, checkpoint, tmp_path, capsys):
+    import onnxruntime as ort
+
+    out = tmp_path / "export"
+    assert export_main([f"ckpt_path={checkpoint}", "format=onnx", f"size={SIZE}x{SIZE}", f"out={out}",
+                        f"gap={GAP}"]) == 0
+    manifest = json.loads((out / "mavos_export.json").read_text())
+    assert manifest["long_term_gap"] == GAP and manifest["size"] == [SIZE, SIZE]
+    graphs = {name: ort.InferenceSession(str(out / g["file"]), providers=["CPUExecutionProvider"])
+              for name, g in manifest["graphs"].items()}
+
+    def run(name, feeds):
+        return dict(zip(manifest["graphs"][name]["outputs"], graphs[name].run(None, feeds)))
+
+    frames, mask = video()
+    num_objects = np.array([2], dtype=np.int64)
+    first = run("reference", {"frame": frames[0], "mask": mask, "num_objects": num_objects})
+    state = {k: v for k, v in first.items() if k != "logits"}
+    logits, masks = [first["logits"]], [mask]
+    for t in range(1, FRAMES):
+        result = run("step_write" if t % GAP == 0 else "step", {"frame": frames[t], "num_objects": num_objects,
+                                                                **state})
+        state.update({k[len("next_"):]: v for k, v in result.items() if k.startswith("next_")})
+        logits.append(result["logits"])
+        masks.append(result["mask"])
+    assert state["memory_fused"][0] == 1.0
+    want_logits, want_masks = pytorch_reference(net, frames, mask)
+    for got, want in zip(logits, want_logits):
+        assert np.abs(got[:, :3] - want[:, :3]).max() < 1e-4
+        assert np.all(got[:, 3:] < -1e9)  # identities without objects
+    assert all(np.array_equal(a, b) for a, b in zip(masks, want_masks))
+
+
+def test_torch_export_program_runs(net, tmp_path):
+    from mavos.export import export_steps
+
+    manifest = export_steps(net, (SIZE, SIZE), tmp_path, format="torch_export", long_term_gap=GAP)
+    programs = {name: torch.export.load(str(tmp_path / g["file"])).module() for name, g in manifest["graphs"].items()}
+    frames, mask = video()
+    frames = torch.from_numpy(frames)
+    num_objects = torch.tensor([2])
+    first = programs["reference"](frames[0], torch.from_numpy(mask), num_objects)
+    state = list(first[1:])
+    logits = [first[0]]
+    for t in range(1, 4):  # frame 3 writes memory
+        out = programs["step_write" if t % GAP == 0 else "step"](frames[t], num_objects, *state)
+        state[6:12] = out[2:8]  # next short-term state
+        if t % GAP == 0:
+            state[0:6], state[12] = out[8:14], out[14]
+        logits.append(out[0])
+    want, _ = pytorch_reference(net, frames[:4].numpy(), mask)
+    for got, w in zip(logits, want):
+        assert np.abs(got.numpy()[:, :3] - w[:, :3]).max() < 1e-4
+
+
+def test_growing_memory_export_is_refused(checkpoint, tmp_path):
+    bank = build_network("deaot_mbv2")
+    with pytest.raises(ExportError, match="grows with the video.*no fixed shape"):
+        check_exportable(bank, (65, 65))
+
+
+@pytest.mark.parametrize("model,size,nearest", [("mavos_mbv2", (480, 854), ["465x849", "481x865"]),
+                                                ("mavos_swinb", (481, 849), ["480x848", "496x864"])])
+def test_invalid_size_is_refused_naming_the_nearest(model, size, nearest):
+    net = build_network(model)
+    with pytest.raises(ExportError) as err:
+        check_exportable(net, size)
+    assert all(s in str(err.value) for s in nearest)
+
+
+def test_cli_reports_bad_requests(checkpoint, tmp_path, capsys):
+    assert export_main([f"ckpt_path={checkpoint}", "size=480x854", f"out={tmp_path}"]) == 1
+    assert "16k+1" in capsys.readouterr().err
+    assert export_main([f"ckpt_path={checkpoint}", "format=tflite", "size=65x65"]) == 2
+    assert export_main(["size=65x65"]) == 2
+    assert export_main([f"ckpt_path={tmp_path / 'missing.ckpt'}", "size=65x65"]) == 1
+    assert "does not exist" in capsys.readouterr().err
