@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     ap.add_argument("--compare-with", type=Path, default=None, metavar="DIR",
                     help="another checkout whose mavos package runs alongside this one, frame by frame")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="afterwards, N more frames of this checkout under torch.profiler: where the time goes "
+                         "(encoder, propagation, decoder, memorizing, the rest of the session) and the top ops")
     ap.add_argument("--compare-compile", action="store_true",
                     help="run this checkout eager and compiled alongside each other, frame by frame")
     return ap
@@ -262,7 +265,85 @@ def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
                 r["rows"].append({"frame": t, "ms": round(ms, 3), "memory_write": int(t % gap == 0),
                                   "timed": int(t > warmup), "mb": round(current_memory_mb(device), 1)})
     peak = max(peak_before, matmul_peak(device, peak_dtype))
-    return [summarise(r, args, device, gap, warmup, peak) for r in runs]
+    results = [summarise(r, args, device, gap, warmup, peak) for r in runs]
+    if args.profile:
+        results[-1]["profile"] = profile(runs[-1], args.profile, gap)
+    return results
+
+
+PARTS = {"encoder": "encode", "propagation": "propagator", "decoder": "decoder", "identity + fuse": "memorize"}
+
+
+def profile(run: dict, frames: int, gap: int) -> str:
+    """Profile ``frames`` more frames of a run's session (at least one memory write among them): milliseconds
+    per frame in each part of the step, the rest of the session (resizing, aggregation, argmax), the top ops."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile, record_function
+
+    session, net = run["session"], run["net"]
+    step = session.step_functions
+    hooks, originals = [], {}
+
+    def label(name):
+        def pre(*_):
+            context = record_function(name)
+            context.__enter__()
+            stack.append(context)
+
+        def post(*_):
+            stack.pop().__exit__(None, None, None)
+        return pre, post
+
+    stack: list = []
+    for part, attr in PARTS.items():
+        pre, post = label(part)
+        if attr in ("propagator", "decoder"):
+            module = getattr(net, attr)
+            hooks += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+        else:
+            originals[attr] = getattr(step, attr)
+
+            def wrapped(*a, _f=originals[attr], _pre=pre, _post=post, **k):
+                _pre()
+                try:
+                    return _f(*a, **k)
+                finally:
+                    _post()
+            setattr(step, attr, wrapped)
+    start = session.frame_index + 1
+    try:
+        with torch.inference_mode(), torch_profile(activities=[ProfilerActivity.CPU]
+                                                   + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])) as prof:
+            wall = time.perf_counter()
+            for t in range(start, start + frames):
+                with record_function("frame"):
+                    session.step(run["frames"][t % len(run["frames"])])
+            sync(session.device)
+            wall = time.perf_counter() - wall
+    finally:
+        for h in hooks:
+            h.remove()
+        for attr in originals:
+            delattr(step, attr)  # the instance attribute goes; the class's method shows through again
+    events = {e.key: e for e in prof.key_averages()}
+    per_frame = lambda e: e.cpu_time_total / 1000 / frames  # noqa: E731
+    total = per_frame(events["frame"])
+    writes = sum(1 for t in range(start, start + frames) if t % gap == 0)
+    lines = [f"profile: {frames} frames ({writes} memory writes), {1000 * wall / frames:.0f} ms/frame under the "
+             f"profiler"]
+    accounted = 0.0
+    for part in PARTS:
+        ms = per_frame(events[part]) if part in events else 0.0
+        accounted += ms
+        lines.append(f"  {part:<16}{ms:8.1f} ms  {100 * ms / total:5.1f}%")
+    lines.append(f"  {'rest of session':<16}{total - accounted:8.1f} ms  {100 * (total - accounted) / total:5.1f}%")
+    lines.append("  top ops by self time:")
+    ops = sorted((e for e in prof.key_averages() if e.key not in PARTS and e.key != "frame"),
+                 key=lambda e: -e.self_cpu_time_total)[:12]
+    for e in ops:
+        ms = e.self_cpu_time_total / 1000 / frames
+        lines.append(f"    {e.key:<40}{ms:8.1f} ms  {100 * ms / total:5.1f}%  ({e.count / frames:.0f} calls/frame)")
+    return "\n".join(lines)
 
 
 def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> dict:
@@ -331,13 +412,19 @@ def tag_of(args) -> str:
 
 def save(results: list[dict], out: Path, tag: str) -> tuple[Path, Path | None]:
     out.mkdir(parents=True, exist_ok=True)
+    from mavos.data.io import atomic_save
+
     csv_path = out / f"{tag}.csv"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["contender", "frame", "ms", "memory_write", "timed", "mb"])
-        for r in results:
-            for row in r["rows"]:
-                writer.writerow([r["label"], row["frame"], row["ms"], row["memory_write"], row["timed"], row["mb"]])
+
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["contender", "frame", "ms", "memory_write", "timed", "mb"])
+            for r in results:
+                for row in r["rows"]:
+                    writer.writerow([r["label"], row["frame"], row["ms"], row["memory_write"], row["timed"],
+                                     row["mb"]])
+    atomic_save(write_csv, csv_path)
     try:
         import matplotlib
 
@@ -359,7 +446,7 @@ def save(results: list[dict], out: Path, tag: str) -> tuple[Path, Path | None]:
                  f"on {r['device_name']}")
     fig.tight_layout()
     png = out / f"{tag}.png"
-    fig.savefig(png, dpi=100)
+    atomic_save(lambda tmp: fig.savefig(tmp, dpi=100), png)
     plt.close(fig)
     return csv_path, png
 
@@ -391,6 +478,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{other['label']} / {first['label']}: {other['median_ms'] / first['median_ms']:.3f} (median regular "
               f"frame), {other['write_median_ms'] / first['write_median_ms']:.3f} (median memory-write frame)")
     print(f"csv: {csv_path}" + (f"  plot: {png}" if png else ""))
+    if "profile" in results[-1]:
+        print(f"{results[-1]['label']} {results[-1].pop('profile')}")
     if args.json:
         print(json.dumps([{k: v for k, v in res.items() if k != "rows"} for res in results]))
 
