@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from mavos.data.io import atomic_save
 from mavos.inference.session import InferenceSession
 from mavos.registry import build_network
 
@@ -66,11 +67,12 @@ def main() -> None:
     with torch.no_grad():
         for memory in ("mca", "bank"):
             rows += run(memory, args.frames, args.height, args.width, args.gap, device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    atomic_save(write_csv, args.out)
     tenth = max(1, (args.frames - 1) // 10)
     kind = "CUDA peak MB" if device.type == "cuda" else "long-term memory MB"
     print(f"{args.frames} frames {args.height}x{args.width}, gap {args.gap}, {device}")
