@@ -22,11 +22,6 @@ from mavos.inference.session import InferenceSession
 from mavos.registry import build_network
 
 
-def memory_bytes(session: InferenceSession) -> int:
-    state = session.views[0][0].memory
-    return sum(t.numel() * t.element_size() for layer in state.readout for t in layer if t is not None)
-
-
 def run(memory: str, frames: int, height: int, width: int, gap: int, device: torch.device) -> list[dict]:
     torch.manual_seed(0)
     net = build_network("mavos_mbv2", [f"memory={memory}"]).to(device).eval()
@@ -47,7 +42,7 @@ def run(memory: str, frames: int, height: int, width: int, gap: int, device: tor
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         ms = (time.perf_counter() - t0) * 1000
-        mb = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else memory_bytes(session)) / 2 ** 20
+        mb = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else session.memory_bytes()) / 2 ** 20
         rows.append({"model": memory, "frame": i, "ms": round(ms, 2), "memory_tokens": session.views[0][0].memory.num_tokens,
                      "mb": round(mb, 2)})
     return rows

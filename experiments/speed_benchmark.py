@@ -28,7 +28,6 @@ import importlib
 import json
 import os
 import re
-import resource
 import shutil
 import statistics
 import sys
@@ -150,14 +149,6 @@ def matmul_peak(device, dtype, seconds: float = 1.0) -> float:
         sync(device)
         best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
     return best
-
-
-def peak_memory_mb(device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def current_memory_mb(device) -> float:
@@ -349,6 +340,8 @@ def profile(run: dict, frames: int, gap: int) -> str:
 def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> dict:
     import torch
 
+    from mavos.evaluation import evaluator
+
     rows = run["rows"]
     timed = [r for r in rows if r["timed"]]
     regular = [r["ms"] for r in timed if not r["memory_write"]]
@@ -371,7 +364,7 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
         "first_tenth_ms": statistics.fmean(all_ms[:tenth]), "last_tenth_ms": statistics.fmean(all_ms[-tenth:]),
         "first_tenth_mb": statistics.fmean(r["mb"] for r in timed[:tenth]),
         "last_tenth_mb": statistics.fmean(r["mb"] for r in timed[-tenth:]),
-        "peak_mb": peak_memory_mb(device), "gflop_regular": flops[0] / 1e9, "gflop_write": flops[1] / 1e9,
+        "peak_mb": evaluator.peak_memory_mb(device), "gflop_regular": flops[0] / 1e9, "gflop_write": flops[1] / 1e9,
         "achieved_gflops": achieved / 1e9, "peak_gflops": peak / 1e9, "fraction_of_peak": achieved / peak,
         "torch": torch.__version__, "rows": rows,
     }

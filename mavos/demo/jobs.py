@@ -151,8 +151,11 @@ def propagate(net, video: VideoSource, mask: np.ndarray, out_dir: Path, *, label
             job.check()
         reset_peak_memory(session.device)
         start = time.perf_counter()
-        probs = session.add_objects(frame, mask) if index == 0 else session.step(frame)
-        ids = probs.argmax(0).to(torch.uint8).cpu().numpy()
+        if index == 0:
+            session.add_objects(frame, mask)
+        else:
+            session.step(frame)
+        ids = session.last_mask.to(torch.uint8).cpu().numpy()  # the argmax the session made
         elapsed = time.perf_counter() - start
         seconds += elapsed
         stats.append(FrameStat(label, index, round(elapsed * 1000, 2), round(memory_mb(session), 3),

@@ -1,4 +1,4 @@
-"""What the demo plots as "memory" for each frame: the one place that looks inside a session's memory."""
+"""What the demo plots as "memory" for each frame."""
 from __future__ import annotations
 
 import torch
@@ -17,17 +17,7 @@ def memory_mb(session: InferenceSession) -> float:
     the long-term memory tensors that every object group of every view reads (each storage counted once)."""
     if session.device.type == "cuda":
         return torch.cuda.max_memory_allocated(session.device) / 2 ** 20
-    storages: dict[int, int] = {}
-    for view in session.views:
-        for tracker in view:
-            if tracker.memory is None:
-                continue
-            for layer in tracker.memory.readout:
-                for tensor in layer:
-                    if tensor is not None:
-                        storage = tensor.untyped_storage()
-                        storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values()) / 2 ** 20
+    return session.memory_bytes() / 2 ** 20
 
 
 def memory_label(device: torch.device) -> str:

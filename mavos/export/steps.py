@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mavos.inference.step import memorize, propagate
+from mavos.inference.step import logit_fill, memorize, propagate
 from mavos.inference.tracker import ids_to_one_hot
 from mavos.model.memory import MemoryState
 from mavos.model.propagation import LayerMemory
@@ -88,7 +88,8 @@ class ReferenceStep(_Step):
         enc = net.encode(frame)
         id_emb = net.identity(ids_to_one_hot(mask, net.max_objects), enc.size)
         features, memory = net.propagate(enc, None, None, id_emb)
-        logits = net.decode(features, enc).masked_fill(~self.keep(num_objects)[:, :, None, None], -1e10)
+        logits = net.decode(features, enc)
+        logits = logits.masked_fill(~self.keep(num_objects)[:, :, None, None], logit_fill(logits.dtype))
         long_term = [LayerMemory(torch.cat([m.key, m.key], 1), torch.cat([m.values, m.values], 1)) for m in memory]
         fused = torch.zeros(frame.shape[0], dtype=frame.dtype, device=frame.device)
         return (logits, *self.flatten(long_term), *self.flatten(memory), fused)

@@ -40,5 +40,8 @@ class VideoPredictor:
         for i, frame in enumerate(frames):
             if i < start:
                 continue
-            probs = session.add_objects(frame, masks[i]) if i == start else session.step(frame, masks.get(i))
-            yield i, probs.argmax(0).to(torch.uint8).cpu().numpy()
+            if i == start:
+                session.add_objects(frame, masks[i])
+            else:
+                session.step(frame, masks.get(i))
+            yield i, session.last_mask.to(torch.uint8).cpu().numpy()  # the argmax the session made

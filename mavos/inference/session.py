@@ -167,10 +167,11 @@ class InferenceSession:
             out.append(ids_to_one_hot(local, self.group_size if self.compile else n))
         return out
 
-    def _reference(self, inputs: torch.Tensor, label: torch.Tensor) -> None:
+    def _reference(self, inputs: torch.Tensor, label: torch.Tensor, encoded: list | None = None) -> None:
+        """Make ``label`` every group's reference; ``encoded``: the views' encodings when the step already has them."""
         sizes = self._group_sizes()
         for v, trackers in enumerate(self.views):
-            enc = self.net.encode(inputs[v:v + 1])
+            enc = encoded[v] if encoded is not None else self.step_functions.encode(inputs[v:v + 1])
             while len(trackers) < len(sizes):
                 trackers.append(ObjectTracker(self.net, [0], self.long_term_gap, step=self.step_functions))
             for tracker, n, one_hot in zip(trackers, sizes, self._group_one_hots(label, v)):
@@ -210,9 +211,11 @@ class InferenceSession:
         self.frame_index += 1
         sizes = self._group_sizes()
         probs = 0
+        encoded = []
         with self._autocast():
             for v, trackers in enumerate(self.views):
                 enc = self.step_functions.encode(inputs[v:v + 1])
+                encoded.append(enc)
                 logits = [self._frame_logits(t.propagate(enc), n) for t, n in zip(trackers, sizes)]
                 merged = soft_aggregate(logits, sizes)
                 if v == 1:
@@ -224,7 +227,7 @@ class InferenceSession:
             if new is not None and int(new.max()) > 0:
                 label = torch.where(new > 0, new, label)
                 self.num_objects = max(self.num_objects, int(label.max()))
-                self._reference(inputs, label)
+                self._reference(inputs, label, encoded)
                 self.last_mask = label
                 return one_hot_mask(label[None], self.num_objects)[0]
             for v, trackers in enumerate(self.views):
@@ -232,6 +235,19 @@ class InferenceSession:
                     tracker.memorize(one_hot)
         self.last_mask = label
         return probs.permute(2, 0, 1)
+    def memory_bytes(self) -> int:
+        """Bytes of the long-term memory that every object group of every view reads (each storage once)."""
+        storages: dict[int, int] = {}
+        for view in self.views:
+            for tracker in view:
+                if tracker.memory is None:
+                    continue
+                for layer in tracker.memory.readout:
+                    for tensor in layer:
+                        storage = tensor.untyped_storage()
+                        storages[storage.data_ptr()] = storage.nbytes()
+        return sum(storages.values())
+
     @property
     def memory_slots(self) -> int:
         """Long-term memory slots of the first object group (2 for MAVOS, growing for DeAOT)."""
