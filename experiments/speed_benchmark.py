@@ -56,13 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="feed frames of exactly --size (the session resizes them); default: frames at the "
                          "inference size that --size maps to, so no resizing is timed")
     ap.add_argument("--frames", type=int, default=150, help="timed frames (up to 10,000 or more)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed frames first (default 3*gap + 5)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed frames first (default 3*gap + 5, compiled 5*gap + 5: compiling and CUDA-graph "
+                         "recording of the memory-write step happen at its first writes after the memory is full)")
     ap.add_argument("--gap", type=int, default=None, help="long-term gap (default: the memory's test gap)")
     ap.add_argument("--objects", type=int, default=1)
     ap.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda when available)")
     ap.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--compile", action="store_true", help="session.compile=true (the compiled fixed-shape step)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="stop the timed loop after this many seconds (the summary says how many frames ran)")
     ap.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
     ap.add_argument("--out", type=Path, default=ROOT / "logs" / "experiments" / "speed")
     ap.add_argument("--tag", default=None, help="file name stem (default from the settings)")
@@ -224,7 +228,8 @@ def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
         runs.append({"contender": c, "net": net, "gap": gap, "frames": frames, "mask": mask, "size": size,
                      "rows": []})
     gap = runs[0]["gap"]
-    warmup = args.warmup if args.warmup is not None else 3 * gap + 5
+    compiled = args.compile or args.compare_compile
+    warmup = args.warmup if args.warmup is not None else (5 if compiled else 3) * gap + 5
     dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     peak_dtype = dtype[args.precision] if device.type == "cuda" else torch.float32
     peak_before = matmul_peak(device, peak_dtype)
@@ -239,27 +244,47 @@ def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        loop_start = time.perf_counter()
         for t in range(1, total + 1):
+            if args.max_seconds is not None and time.perf_counter() - loop_start > args.max_seconds:
+                print(f"--max-seconds {args.max_seconds:g}: stopped after frame {t - 1} of {total}", flush=True)
+                break
             order = runs if t % 2 else runs[::-1]
+            outputs = {}
             for r in order:
                 frame = r["frames"][t % len(r["frames"])]
                 if device.type == "cuda":
                     start.record()
-                    r["session"].step(frame)
+                    outputs[id(r)] = r["session"].step(frame)
                     end.record()
                     end.synchronize()
                     ms = start.elapsed_time(end)
                 else:
                     t0 = time.perf_counter()
-                    r["session"].step(frame)
+                    outputs[id(r)] = r["session"].step(frame)
                     ms = (time.perf_counter() - t0) * 1000
                 r["rows"].append({"frame": t, "ms": round(ms, 3), "memory_write": int(t % gap == 0),
                                   "timed": int(t > warmup), "mb": round(current_memory_mb(device), 1)})
+            for r in runs[1:]:  # outside the timed region: do the contenders compute the same thing?
+                r["rows"][-1].update(agreement(outputs[id(runs[0])], outputs[id(r)]))
     peak = max(peak_before, matmul_peak(device, peak_dtype))
     results = [summarise(r, args, device, gap, warmup, peak) for r in runs]
     if args.profile:
         results[-1]["profile"] = profile(runs[-1], args.profile, gap)
     return results
+
+
+def agreement(reference, other) -> dict:
+    """How far ``other``'s per-frame probabilities are from ``reference``'s: the largest difference and the
+    fraction of pixels whose label (argmax) differs. Either may be a tensor or an array (an old checkout)."""
+    import torch
+
+    a = torch.as_tensor(reference).float()
+    b = torch.as_tensor(other).float().to(a.device)
+    if a.shape != b.shape:
+        raise SystemExit(f"contenders disagree on the output shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return {"max_prob_diff": float((a - b).abs().max()),
+            "label_diff": float((a.argmax(0) != b.argmax(0)).float().mean())}
 
 
 PARTS = {"encoder": "encode", "propagation": "propagator", "decoder": "decoder", "identity + fuse": "memorize"}
@@ -344,6 +369,8 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
 
     rows = run["rows"]
     timed = [r for r in rows if r["timed"]]
+    if not timed:
+        raise SystemExit(f"no timed frames: all {len(rows)} frames run were warm-up (--max-seconds too short?)")
     regular = [r["ms"] for r in timed if not r["memory_write"]]
     writes = [r["ms"] for r in timed if r["memory_write"]]
     all_ms = [r["ms"] for r in timed]
@@ -367,6 +394,10 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
         "peak_mb": evaluator.peak_memory_mb(device), "gflop_regular": flops[0] / 1e9, "gflop_write": flops[1] / 1e9,
         "achieved_gflops": achieved / 1e9, "peak_gflops": peak / 1e9, "fraction_of_peak": achieved / peak,
         "torch": torch.__version__, "rows": rows,
+        # against the first contender (--compare-with / --compare-compile), over every frame after the first
+        "max_prob_diff": max((r["max_prob_diff"] for r in rows if "max_prob_diff" in r), default=None),
+        "label_diff": (statistics.fmean(r["label_diff"] for r in rows if "label_diff" in r)
+                       if any("label_diff" in r for r in rows) else None),
     }
 
 
@@ -412,11 +443,11 @@ def save(results: list[dict], out: Path, tag: str) -> tuple[Path, Path | None]:
     def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["contender", "frame", "ms", "memory_write", "timed", "mb"])
+            writer.writerow(["contender", "frame", "ms", "memory_write", "timed", "mb", "max_prob_diff"])
             for r in results:
                 for row in r["rows"]:
                     writer.writerow([r["label"], row["frame"], row["ms"], row["memory_write"], row["timed"],
-                                     row["mb"]])
+                                     row["mb"], row.get("max_prob_diff", "")])
     atomic_save(write_csv, csv_path)
     try:
         import matplotlib
@@ -467,9 +498,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{r['warmup']}, torch {r['torch']}")
     for res in results:
         print(f"{res['label']:>5}: {summary_line(res)}")
-    for first, other in zip(results, results[1:]):
+    for other in results[1:]:
+        first = results[0]
         print(f"{other['label']} / {first['label']}: {other['median_ms'] / first['median_ms']:.3f} (median regular "
-              f"frame), {other['write_median_ms'] / first['write_median_ms']:.3f} (median memory-write frame)")
+              f"frame), {other['write_median_ms'] / first['write_median_ms']:.3f} (median memory-write frame); "
+              f"outputs: max probability difference {other['max_prob_diff']:.2e}, labels differ on "
+              f"{100 * other['label_diff']:.4f}% of pixels")
     print(f"csv: {csv_path}" + (f"  plot: {png}" if png else ""))
     if "profile" in results[-1]:
         print(f"{results[-1]['label']} {results[-1].pop('profile')}")
