@@ -61,8 +61,13 @@ def row(result: dict) -> str:
             f"| {mode} | {result['frames']} | {result['median_ms']:.2f} ({result['p90_ms']:.2f}) | {result['write_median_ms']:.2f} "
             f"| {result['fps']:.0f} | {result['first_tenth_ms']:.2f} -> {result['last_tenth_ms']:.2f} ({flat_ms:.2f}x) "
             f"| {result['first_tenth_mb']:.0f} -> {result['last_tenth_mb']:.0f} ({flat_mb:.2f}x) | {result['peak_mb']:.0f} "
-            f"| {result['gflop_regular']:.0f} | {result['achieved_gflops'] / 1000:.1f} "
+            f"| {result['gflop_regular']:.0f}{gflop_end(result)} | {result['achieved_gflops'] / 1000:.1f} "
             f"({100 * result['fraction_of_peak']:.0f}%) | {'' if diff is None else f'{diff:.1e}'} |")
+
+
+def gflop_end(result: dict) -> str:
+    end = result.get("gflop_end", result["gflop_regular"])
+    return "" if abs(end - result["gflop_regular"]) < 0.05 else f" -> {end:.0f}"
 
 
 HEADER = ("| model | memory | precision | step | timed frames | median ms (p90) | memory-write ms | FPS | ms, first -> last tenth "

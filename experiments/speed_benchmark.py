@@ -208,6 +208,21 @@ def count_flops(contender, net, args, device, gap, frames, mask) -> tuple[float,
     return float(regular or 0), float(write if write is not None else regular or 0)
 
 
+def count_final_flops(run: dict, gap: int) -> tuple[int, float]:
+    """A growing memory's FLOPs grow with the video: the index and FLOPs of one more regular frame of the run's
+    own session, after its timed frames."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    session, frames = run["session"], run["frames"]
+    t = session.frame_index + 1
+    if t % gap == 0:
+        session.step(frames[t % len(frames)])
+        t += 1
+    with FlopCounterMode(display=False) as counter:
+        session.step(frames[t % len(frames)])
+    return t, float(counter.get_total_flops())
+
+
 def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
     """All contenders over the same frames, one frame each in turn; a summary dict per contender."""
     import torch
@@ -267,6 +282,9 @@ def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
                                   "timed": int(t > warmup), "mb": round(current_memory_mb(device), 1)})
             for r in runs[1:]:  # outside the timed region: do the contenders compute the same thing?
                 r["rows"][-1].update(agreement(outputs[id(runs[0])], outputs[id(r)]))
+        for r in runs:
+            if not args.no_flops and r["net"].memory.fixed_slots is None:
+                r["flops_end"] = count_final_flops(r, gap)
     peak = max(peak_before, matmul_peak(device, peak_dtype))
     results = [summarise(r, args, device, gap, warmup, peak) for r in runs]
     if args.profile:
@@ -342,7 +360,11 @@ def profile(run: dict, frames: int, gap: int) -> str:
         for attr in originals:
             delattr(step, attr)  # the instance attribute goes; the class's method shows through again
     events = {e.key: e for e in prof.key_averages()}
-    per_frame = lambda e: e.cpu_time_total / 1000 / frames  # noqa: E731
+    # on a GPU the kernels' time (the host only launches them); on a CPU the host's time
+    on_gpu = session.device.type == "cuda" and getattr(events["frame"], "device_time_total", 0) > 0
+    total_time = lambda e: getattr(e, "device_time_total", 0) if on_gpu else e.cpu_time_total  # noqa: E731
+    self_time = lambda e: getattr(e, "self_device_time_total", 0) if on_gpu else e.self_cpu_time_total  # noqa: E731
+    per_frame = lambda e: total_time(e) / 1000 / frames  # noqa: E731
     total = per_frame(events["frame"])
     writes = sum(1 for t in range(start, start + frames) if t % gap == 0)
     lines = [f"profile: {frames} frames ({writes} memory writes), {1000 * wall / frames:.0f} ms/frame under the "
@@ -355,9 +377,9 @@ def profile(run: dict, frames: int, gap: int) -> str:
     lines.append(f"  {'rest of session':<16}{total - accounted:8.1f} ms  {100 * (total - accounted) / total:5.1f}%")
     lines.append("  top ops by self time:")
     ops = sorted((e for e in prof.key_averages() if e.key not in PARTS and e.key != "frame"),
-                 key=lambda e: -e.self_cpu_time_total)[:12]
+                 key=lambda e: -self_time(e))[:12]
     for e in ops:
-        ms = e.self_cpu_time_total / 1000 / frames
+        ms = self_time(e) / 1000 / frames
         lines.append(f"    {e.key:<40}{ms:8.1f} ms  {100 * ms / total:5.1f}%  ({e.count / frames:.0f} calls/frame)")
     return "\n".join(lines)
 
@@ -378,6 +400,10 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
     mean_ms = statistics.fmean(all_ms)
     flops = run["flops"]
     mean_flops = (flops[0] * len(regular) + flops[1] * len(writes)) / max(1, len(timed))
+    end_frame, end_flops = run.get("flops_end", (None, flops[0]))
+    if end_frame is not None:  # a growing memory: FLOPs grow linearly from frame gap + 1 (counted) to the end
+        slope = (end_flops - flops[0]) / (end_frame - (gap + 1))
+        mean_flops += slope * (statistics.fmean(r["frame"] for r in timed) - (gap + 1))
     achieved = mean_flops / (mean_ms / 1000)
     size = run["size"]
     return {
@@ -392,6 +418,7 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
         "first_tenth_mb": statistics.fmean(r["mb"] for r in timed[:tenth]),
         "last_tenth_mb": statistics.fmean(r["mb"] for r in timed[-tenth:]),
         "peak_mb": evaluator.peak_memory_mb(device), "gflop_regular": flops[0] / 1e9, "gflop_write": flops[1] / 1e9,
+        "gflop_end": end_flops / 1e9,  # a regular frame after the timed ones (grows with a growing memory)
         "achieved_gflops": achieved / 1e9, "peak_gflops": peak / 1e9, "fraction_of_peak": achieved / peak,
         "torch": torch.__version__, "rows": rows,
         # against the first contender (--compare-with / --compare-compile), over every frame after the first
@@ -478,7 +505,8 @@ def save(results: list[dict], out: Path, tag: str) -> tuple[Path, Path | None]:
 def summary_line(r: dict) -> str:
     return (f"median {r['median_ms']:.1f} ms  p90 {r['p90_ms']:.1f}  write {r['write_median_ms']:.1f}  "
             f"{r['fps']:.2f} FPS  first/last 10% {r['first_tenth_ms']:.1f}/{r['last_tenth_ms']:.1f} ms  "
-            f"peak {r['peak_mb']:.0f} MB  {r['gflop_regular']:.1f}/{r['gflop_write']:.1f} GFLOP  "
+            f"peak {r['peak_mb']:.0f} MB  {r['gflop_regular']:.1f}/{r['gflop_write']:.1f} GFLOP"
+            f"{'' if r['gflop_end'] == r['gflop_regular'] else ' (%.1f at the end)' % r['gflop_end']}  "
             f"{r['achieved_gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of {r['peak_gflops']:.0f}")
 
 

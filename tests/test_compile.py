@@ -64,6 +64,24 @@ def test_cuda_graph_path_clones_outputs(net, video, eager):
     assert (out - eager[:9]).abs().max() < 1e-5
 
 
+def test_warm_up_compiles_every_step_before_the_video(net, video, eager):
+    """``warm_up`` (evaluation calls it before the first frame) leaves nothing to compile or record during the
+    video itself, for a video of another long-term gap too, and changes no output (dynamo's eager backend)."""
+    from torch._dynamo.utils import counters
+
+    session = InferenceSession(net, long_term_gap=GAP, compile=True)
+    step = session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
+    step.cudagraphs = True  # the CUDA-graph dispatch path, as on a GPU
+    session.warm_up((SIZE, SIZE))
+    assert set(step._compiled) == {"encode", "propagate", "memorize", "memorize_write"}
+    graphs = counters["stats"]["unique_graphs"]
+    out = run(session, video)
+    assert counters["stats"]["unique_graphs"] == graphs  # no new graph: nothing was compiled while timed
+    assert step.disabled is None and (out - eager).abs().max() < 1e-4
+    session.warm_up((SIZE, SIZE))  # once per size: the second call does no work
+    assert counters["stats"]["unique_graphs"] == graphs and len(step.warmed) == 1
+
+
 def test_sessions_share_one_compiled_step(net):
     """One compiled step per network and device: a video per session never recompiles."""
     a, b = InferenceSession(net, compile=True), InferenceSession(net, compile=True)

@@ -72,6 +72,23 @@ def test_streaming_scores_equal_the_scores_of_the_written_pngs(davis, net, tmp_p
     assert plan_for_record(records[1], "davis").objects == [1]
 
 
+def test_compiled_sessions_warm_up_before_the_first_timed_frame(davis, net, monkeypatch):
+    """With session.compile, compiling happens in ``warm_up`` at the video's frame size, before the reference
+    frame, so that the model time (the timed ``step`` calls) holds no compilation."""
+    from mavos.inference.session import InferenceSession
+    from mavos.inference.step import CompiledFrameStep
+
+    monkeypatch.setattr(CompiledFrameStep, "_run", lambda self, name, fn, *args: fn(*args))  # no real compiler
+    calls = []
+    monkeypatch.setattr(InferenceSession, "warm_up", lambda self, size: calls.append(("warm_up", self.compile, size)))
+    add, step = InferenceSession.add_objects, InferenceSession.step
+    monkeypatch.setattr(InferenceSession, "add_objects", lambda self, *a: calls.append("add") or add(self, *a))
+    monkeypatch.setattr(InferenceSession, "step", lambda self, *a: calls.append("step") or step(self, *a))
+    record = DavisReader(davis, split="val").videos()[0]
+    segment_video(net, record, protocol="davis", progress=False, session_kwargs={"compile": True})
+    assert calls[:3] == [("warm_up", True, (H, W)), "add", "step"] and calls.count("step") == len(record) - 1
+
+
 def test_davis_plan_skips_first_and_last_frames(davis):
     record = DavisReader(davis, split="val").videos()[0]
     plan = plan_for_record(record, "davis")

@@ -214,6 +214,7 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
                         if new is None:
                             raise DatasetError(f"{record.annotations.get(i)}: first annotation of '{record.name}' "
                                                f"holds no object")
+                        session.warm_up(frame.shape[:2])  # compiling stays out of the model time
                         probs = session.add_objects(on_device(frame), new)
                     else:
                         t0 = timer.start()

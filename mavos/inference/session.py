@@ -235,6 +235,33 @@ class InferenceSession:
                     tracker.memorize(one_hot)
         self.last_mask = label
         return probs.permute(2, 0, 1)
+    @torch.no_grad()
+    def warm_up(self, frame_size: tuple[int, int]) -> None:
+        """With ``compile``: compile every step function (and record its CUDA graphs) for videos of this frame
+        size before one is timed, on a throwaway session over random frames. Its long-term gap is 2 (the gap is
+        no input of a compiled function): the memory is full after 4 frames and the regular and memory-write
+        steps each run 4 times after that, enough for CUDA graphs to be recorded and replayed. Once per
+        inference size and precision (the compiled step is shared); nothing to do eagerly."""
+        step = self.step_functions
+        if not self.compile or not isinstance(step, CompiledFrameStep) or step.disabled:
+            return
+        h, w = frame_size
+        key = (inference_size(h, w, self.max_long_edge, self.max_short_edge, self.net.size_multiple), self.amp_dtype)
+        if key in step.warmed:
+            return
+        amp = next(name for name, dtype in AMP_DTYPES.items() if dtype == self.amp_dtype)
+        rehearsal = InferenceSession(self.net, long_term_gap=2, max_long_edge=self.max_long_edge,
+                                     max_short_edge=self.max_short_edge, flip=self.flip, amp=amp, device=self.device)
+        rehearsal.step_functions, rehearsal.compile = step, True
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        frames = torch.randint(0, 256, (13, h, w, 3), generator=generator, device=self.device, dtype=torch.uint8)
+        mask = torch.zeros(h, w, dtype=torch.int64, device=self.device)
+        mask[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1
+        rehearsal.add_objects(frames[0], mask)
+        for frame in frames[1:]:
+            rehearsal.step(frame)
+        step.warmed.add(key)
+
     def memory_bytes(self) -> int:
         """Bytes of the long-term memory that every object group of every view reads (each storage once)."""
         storages: dict[int, int] = {}

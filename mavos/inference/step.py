@@ -126,6 +126,7 @@ class CompiledFrameStep(FrameStep):
         if self.disabled:
             warnings.warn(f"session.compile: running eagerly ({self.disabled})", stacklevel=3)
         self._compiled: dict[str, Callable] = {}
+        self.warmed: set = set()  # (inference size, autocast dtype) pairs InferenceSession.warm_up has run
 
     @property
     def net(self) -> VOSNetwork:
