@@ -27,8 +27,9 @@ summary() { tr '\r' '\n' | grep -E "speed:|J&F-Mean|mca model|compil|NCCL|nccl|r
 } 2>&1 | tee "$OUT_DIR/check.log"
 
 step "speed table" | tee -a "$OUT_DIR/check.log"
+# SUITE_ARGS: more gpu_suite.py options, e.g. SUITE_ARGS="--runs mavos_r50:mca:bf16:compiled,mavos_mbv2:mca:tf32"
 timeout $((SUITE_SECONDS + 60)) $PY experiments/gpu_suite.py --budget "$SUITE_SECONDS" --out "$OUT_DIR/suite" \
-  > "$OUT_DIR/suite.log" 2>&1
+  ${SUITE_ARGS:-} > "$OUT_DIR/suite.log" 2>&1
 tail -n 30 "$OUT_DIR/suite/gpu_table.md" | tee -a "$OUT_DIR/check.log"
 
 {

@@ -43,6 +43,20 @@ def plan(models: list[str]) -> list[dict]:
     return runs
 
 
+def parse_runs(text: str) -> list[dict]:
+    runs = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "compiled"):
+            raise SystemExit(f"--runs: {item!r} is not MODEL:MEMORY:PRECISION[:compiled]")
+        model, memory, precision = parts[:3]
+        if memory not in MEMORIES.values() or precision not in ("fp32", "tf32", "bf16", "fp16"):
+            raise SystemExit(f"--runs: {item!r}: memory must be one of {sorted(MEMORIES.values())}, precision one "
+                             f"of fp32, tf32, bf16, fp16")
+        runs.append(dict(model=model, memory=memory, precision=precision, compare_compile=len(parts) == 4))
+    return runs
+
+
 def command(run: dict, args, seconds: float) -> list[str]:
     h, w = args.size
     cmd = [sys.executable, str(ROOT / "experiments" / "speed_benchmark.py"), "--model", run["model"],
@@ -97,12 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=60,
                     help="untimed frames (compiling and CUDA-graph recording happen in them)")
     ap.add_argument("--only", default=",".join(BACKBONES), help="comma-separated model configs")
+    ap.add_argument("--runs", default=None, metavar="MODEL:MEMORY:PRECISION[:compiled],...",
+                    help="exactly these runs, in this order, instead of the plan (e.g. the rows a table lacks: "
+                         "mavos_r50:mca:bf16:compiled,mavos_mbv2:mca:tf32); ':compiled' runs eager and compiled")
     ap.add_argument("--out", type=Path, default=ROOT / "logs" / "experiments" / "gpu")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget
     results, skipped, header = [], [], ""
-    for run in plan(args.only.split(",")):
+    for run in parse_runs(args.runs) if args.runs else plan(args.only.split(",")):
         name = f"{run['model']} {run['memory']} {run['precision']}{' eager+compiled' if run['compare_compile'] else ''}"
         allowed = min(deadline - time.monotonic(), args.run_limit)
         if allowed < STARTUP + 20:
