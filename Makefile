@@ -23,7 +23,7 @@ run: $(STAMP)
 	$(PY) train.py evaluate_after=true
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 tests   # two workers (pytest-xdist): 13.7 instead of 18.4 min on 2 cores
+	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # Segment your own video in the browser (local only); see README "Demo".
 demo: $(STAMP)
