@@ -131,12 +131,12 @@ def main(argv: list[str] | None = None) -> None:
             proc = subprocess.run(command(run, args, allowed - STARTUP), capture_output=True, text=True,
                                   timeout=allowed, cwd=ROOT)
         except subprocess.TimeoutExpired:
+            proc = None
+        summaries = [line for line in proc.stdout.splitlines() if line.startswith("[{")] if proc else []
+        if proc is None:
             skipped.append(f"{name} (killed after {allowed:.0f} s)")
             print(f"[suite] {name}: stopped after {time.monotonic() - t0:.0f} s", flush=True)
-            write(args.out, results, skipped, header)
-            continue
-        summaries = [line for line in proc.stdout.splitlines() if line.startswith("[{")]
-        if proc.returncode != 0 or not summaries:
+        elif proc.returncode != 0 or not summaries:
             skipped.append(f"{name} (failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode})")
             print(f"[suite] {name}: FAILED\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", flush=True)
         else:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             text = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith("[{"))
             print(f"[suite] {name}: {time.monotonic() - t0:.0f} s\n{text}", flush=True)
         write(args.out, results, skipped, header)
-    write(args.out, results, skipped, header)
+    write(args.out, results, skipped, header)  # with the runs the budget left out
     print((args.out / "gpu_table.md").read_text())
 
 

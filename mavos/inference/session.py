@@ -85,7 +85,7 @@ class InferenceSession:
         self.flip = flip
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
-        self.amp_dtype = AMP_DTYPES[amp]
+        self.amp, self.amp_dtype = amp, AMP_DTYPES[amp]
         self.compile = bool(compile)
         self.step_functions = CompiledFrameStep.shared(net, self.device) if compile else FrameStep(net)
         self.num_objects = 0
@@ -235,6 +235,7 @@ class InferenceSession:
                     tracker.memorize(one_hot)
         self.last_mask = label
         return probs.permute(2, 0, 1)
+
     @torch.no_grad()
     def warm_up(self, frame_size: tuple[int, int]) -> None:
         """With ``compile``: compile every step function (and record its CUDA graphs) for videos of this frame
@@ -249,9 +250,9 @@ class InferenceSession:
         key = (inference_size(h, w, self.max_long_edge, self.max_short_edge, self.net.size_multiple), self.amp_dtype)
         if key in step.warmed:
             return
-        amp = next(name for name, dtype in AMP_DTYPES.items() if dtype == self.amp_dtype)
         rehearsal = InferenceSession(self.net, long_term_gap=2, max_long_edge=self.max_long_edge,
-                                     max_short_edge=self.max_short_edge, flip=self.flip, amp=amp, device=self.device)
+                                     max_short_edge=self.max_short_edge, flip=self.flip, amp=self.amp,
+                                     device=self.device)
         rehearsal.step_functions, rehearsal.compile = step, True
         generator = torch.Generator(device=self.device).manual_seed(0)
         frames = torch.randint(0, 256, (13, h, w, 3), generator=generator, device=self.device, dtype=torch.uint8)
