@@ -212,10 +212,11 @@ def bad_inputs_then_paint(page, server, inputs):
     page.click("#run")
     assert "load a video first" in status(page, "run-status", "load a video first")
     upload(page, "video-upload", inputs["text"])
-    assert "notes.mp4 is not a video this demo can read" in status(page, "video-status", "not a video")
+    refused = status(page, "video-status", "not a video")
+    assert "notes.mp4 is not a video this demo can read" in refused
     video, _, _ = inputs["clips"][0]
-    upload(page, "video-upload", video)  # the app keeps serving
-    status(page, "video-status", "4 frames")
+    upload(page, "video-upload", video)  # the app keeps serving (the refusal stays on screen until it answers)
+    status(page, "video-status", "4 frames", refused)
     before = said(page, "run-status")
     page.click("#run")
     assert "holds no object" in status(page, "run-status", "no object", before)

@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,12 +34,13 @@ def readme_sweeps() -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def fresh_copy(tmp_path_factory) -> Path:
+def fresh_copy(tmp_path_factory) -> Iterator[Path]:
     """train.py and conf/ copied to a new folder: paths resolve from the entry point itself, as for a user."""
     root = tmp_path_factory.mktemp("fresh")
     shutil.copy(ROOT / "train.py", root / "train.py")
     shutil.copytree(ROOT / "conf", root / "conf")
-    return root
+    yield root
+    shutil.rmtree(root / "logs", ignore_errors=True)  # every trial's checkpoints: gigabytes, no longer read
 
 
 def run_sweep(root: Path, args: list[str]) -> subprocess.CompletedProcess:
