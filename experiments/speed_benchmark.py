@@ -288,7 +288,7 @@ def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
     peak = max(peak_before, matmul_peak(device, peak_dtype))
     results = [summarise(r, args, device, gap, warmup, peak) for r in runs]
     if args.profile:
-        results[-1]["profile"] = profile(runs[-1], args.profile, gap)
+        results[-1]["profile"], results[-1]["profile_ops"] = profile(runs[-1], args.profile, gap, peak)
     return results
 
 
@@ -308,9 +308,16 @@ def agreement(reference, other) -> dict:
 PARTS = {"encoder": "encode", "propagation": "propagator", "decoder": "decoder", "identity + fuse": "memorize"}
 
 
-def profile(run: dict, frames: int, gap: int) -> str:
+# the ops whose FLOPs torch.profiler counts (with_flops) and that hold a step's arithmetic: their rate says how
+# close each matmul / convolution comes to the machine's peak
+RATED_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::conv2d")
+
+
+def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[dict]]:
     """Profile ``frames`` more frames of a run's session (at least one memory write among them): milliseconds
-    per frame in each part of the step, the rest of the session (resizing, aggregation, argmax), the top ops."""
+    per frame in each part of the step, the rest of the session (resizing, aggregation, argmax), the top ops,
+    and the heaviest matmuls and convolutions by input shapes with their achieved FLOP/s against ``peak``.
+    Returns the text and those matmul / convolution rows."""
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile, record_function
 
@@ -346,8 +353,8 @@ def profile(run: dict, frames: int, gap: int) -> str:
             setattr(step, attr, wrapped)
     start = session.frame_index + 1
     try:
-        with torch.inference_mode(), torch_profile(activities=[ProfilerActivity.CPU]
-                                                   + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])) as prof:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with torch.inference_mode(), torch_profile(activities=activities, record_shapes=True, with_flops=True) as prof:
             wall = time.perf_counter()
             for t in range(start, start + frames):
                 with record_function("frame"):
@@ -381,7 +388,26 @@ def profile(run: dict, frames: int, gap: int) -> str:
     for e in ops:
         ms = self_time(e) / 1000 / frames
         lines.append(f"    {e.key:<40}{ms:8.1f} ms  {100 * ms / total:5.1f}%  ({e.count / frames:.0f} calls/frame)")
-    return "\n".join(lines)
+    rated = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key in RATED_OPS and e.flops and total_time(e) > 0:
+            rated.append({"op": e.key[6:], "shapes": [list(s) for s in e.input_shapes[:3] if s],
+                          "ms_per_frame": total_time(e) / 1000 / frames, "calls_per_frame": e.count / frames,
+                          "gflop_per_call": e.flops / e.count / 1e9, "gflops": e.flops / (total_time(e) / 1e6) / 1e9})
+    rated.sort(key=lambda r: -r["ms_per_frame"])
+    for r in rated:
+        r["fraction_of_peak"] = r["gflops"] * 1e9 / peak
+    lines.append(f"  heaviest matmuls / convolutions by input shapes (achieved rate, share of the {peak / 1e9:.0f} "
+                 f"GFLOP/s matmul peak):")
+    for r in rated[:12]:
+        shapes = " x ".join("[" + ",".join(map(str, s)) + "]" for s in r["shapes"])
+        lines.append(f"    {r['ms_per_frame']:7.1f} ms {r['calls_per_frame']:4.0f}x  {r['op']:<8}{shapes:<44}"
+                     f"{r['gflops']:7.0f} GFLOP/s {100 * r['fraction_of_peak']:4.0f}%")
+    matmul_ms = sum(r["ms_per_frame"] for r in rated)
+    lines.append(f"  matmuls / convolutions: {matmul_ms:.1f} ms ({100 * matmul_ms / total:.0f}% of the frame) at "
+                 f"{sum(r['gflops'] * r['ms_per_frame'] for r in rated) / max(matmul_ms, 1e-9):.0f} GFLOP/s; the "
+                 f"rest: {total - matmul_ms:.1f} ms")
+    return "\n".join(lines), rated
 
 
 def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> dict:
@@ -510,7 +536,8 @@ def summary_line(r: dict) -> str:
             f"{r['achieved_gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of {r['peak_gflops']:.0f}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run, save and print; returns the summaries (with the per-frame rows and any profile's rated ops)."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.compare_compile:
         contenders = [Contender("eager", "mavos", compile=False), Contender("compiled", "mavos", compile=True)]
@@ -536,7 +563,8 @@ def main(argv: list[str] | None = None) -> None:
     if "profile" in results[-1]:
         print(f"{results[-1]['label']} {results[-1].pop('profile')}")
     if args.json:
-        print(json.dumps([{k: v for k, v in res.items() if k != "rows"} for res in results]))
+        print(json.dumps([{k: v for k, v in res.items() if k not in ("rows", "profile_ops")} for res in results]))
+    return results
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The CUDA path of the per-frame step, where a GPU is present (skipped elsewhere): the same numbers as the CPU in
 float32, bf16 autocast close to them, and no host synchronisation inside ``step`` (CUDA's own sync detector).
-The compiled step (CUDA graphs) is compared with eager by ``experiments/speed_benchmark.py --compare-compile``."""
+The evaluator on the GPU writes the masks it writes on the CPU. The compiled step (CUDA graphs) is compared
+with eager by ``experiments/speed_benchmark.py --compare-compile``."""
 import numpy as np
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from mavos.inference.session import InferenceSession
 from mavos.registry import build_network
 from tests.golden_scenario import seeded_weights
+from tests.test_evaluation import davis  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -80,3 +82,25 @@ def test_step_makes_no_host_synchronisation_on_cuda():
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert session.memory_slots == 2 and all(p.shape == (3, *SIZES["mavos_mbv2"]) for p in outs)
+
+
+def test_evaluation_on_cuda_writes_the_masks_the_cpu_writes(davis, tmp_path):
+    """segment_video on the GPU hands each frame's ids to the writer without a per-frame ``.cpu()`` wait
+    (``label_to_host``: pinned memory, a non-blocking copy and an event); what it writes must still be what
+    the CPU writes, frame for frame."""
+    from mavos.data.davis import DavisReader
+    from mavos.data.io import read_mask
+    from mavos.evaluation.evaluator import segment_video
+
+    net = seeded_weights(build_network("mavos_mbv2")).eval()
+    written = {}
+    for device in ("cpu", "cuda"):
+        for record in DavisReader(davis, split="val").videos():
+            result = segment_video(net.to(device), record, protocol="davis", results_dir=tmp_path / device,
+                                   progress=False)
+            assert result.frames == len(record)
+        written[device] = {p.relative_to(tmp_path / device): read_mask(p) for p in (tmp_path / device).rglob("*.png")}
+    assert written["cpu"].keys() == written["cuda"].keys() and len(written["cpu"]) == 15
+    same = np.mean([np.mean(written["cpu"][k] == written["cuda"][k]) for k in written["cpu"]])
+    print(f"evaluation CUDA vs CPU: {100 * same:.3f}% of written pixels agree")
+    assert same > 0.999

@@ -155,6 +155,26 @@ class _ModelTimer:
         return self.seconds
 
 
+def label_to_host(label: torch.Tensor) -> Callable[[], np.ndarray]:
+    """Hand a frame's (H, W) object ids to the CPU without making the model wait: on a GPU a non-blocking copy
+    into pinned memory and an event, and the returned function (called by the writing / scoring worker) waits
+    for that event only; so the loop goes on to launch the next frame while the copy is under way, and the GPU is
+    not left idle between frames by a ``.cpu()`` per frame. On the CPU the ids are converted at once."""
+    ids = label.to(torch.uint8)
+    if ids.device.type != "cuda":
+        array = ids.numpy()
+        return lambda: array
+    host = torch.empty(ids.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(ids, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def wait() -> np.ndarray:
+        copied.synchronize()
+        return host.numpy()
+    return wait
+
+
 def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davis", session_kwargs: dict | None = None,
                   results_dir: str | Path | None = None, plan: ScorePlan | None = None,
                   frame_hook: FrameHook | None = None, hook_frames: set[int] | None = None,
@@ -191,7 +211,8 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
             return torch.from_numpy(frame).pin_memory().to(device, non_blocking=True)
         return frame
 
-    def finish(index: int, label: np.ndarray) -> None:  # runs on the background worker
+    def finish(index: int, label: np.ndarray | Callable[[], np.ndarray]) -> None:  # runs on the background worker
+        label = label() if callable(label) else label
         if write is not None and index in write:
             write_mask(Path(results_dir) / record.name / f"{record.frame_names[index]}.png", label)
         if scorer is not None and scorer.wants(index):
@@ -223,9 +244,9 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
                         timed += 1
                     if new is not None:
                         seen.update(int(o) for o in np.unique(new) if o)
-                    label = session.last_mask.to(torch.uint8).cpu().numpy()  # the argmax the session made
+                    label = label_to_host(session.last_mask)  # the argmax the session made, on its way
                 if frame_hook is not None and hook_frames and i in hook_frames:
-                    frame_hook(i, frame, label)
+                    frame_hook(i, frame, label() if callable(label) else label)
                 pending.append(pool.submit(finish, i, label))
                 while len(pending) > PENDING_WRITES or (pending and pending[0].done()):
                     pending.pop(0).result()  # surfaces a write / scoring error at once

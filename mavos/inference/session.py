@@ -179,8 +179,10 @@ class InferenceSession:
                 tracker.reference(enc, one_hot, frame_index=self.frame_index)
 
     def _frame_logits(self, logits: torch.Tensor, n: int) -> torch.Tensor:
-        """A group's stride-4 logits -> its 1 + n used channels at frame resolution, channels-last."""
-        logits = logits[:, : n + 1].float().contiguous(memory_format=torch.channels_last)
+        """A group's stride-4 logits -> its 1 + n used channels at frame resolution (1, 1 + n, H, W), channels
+        first: with a few channels, bilinear resizing and the softmax over them run 4-10x faster in this layout
+        than channels-last on the CPU (measured at 481x849, 2 channels: 1.2 vs 5.3 ms and 1.6 vs 20 ms)."""
+        logits = logits[:, : n + 1].float().contiguous()
         return F.interpolate(logits, size=self.frame_size, mode="bilinear", align_corners=self.net.align_corners)
 
     # ---------------------------------------------------------------- API
@@ -220,8 +222,10 @@ class InferenceSession:
                 merged = soft_aggregate(logits, sizes)
                 if v == 1:
                     merged = merged.flip(-1)
-                # softmax and argmax over the innermost (channel) dimension: (H, W, 1 + K)
-                probs = probs + torch.softmax(merged.permute(0, 2, 3, 1)[0], dim=-1) / len(self.views)
+                probs = probs + torch.softmax(merged[0], dim=0) / len(self.views)
+            # the argmax over the innermost dimension of a channels-last copy: argmax(0) over a channels-first
+            # (1 + K, H, W) tensor is ~20x slower on the CPU (73 vs 3.9 ms at 481x849)
+            probs = probs.permute(1, 2, 0).contiguous()
             label = probs.argmax(dim=-1)
             new = self._mask_tensor(mask) if mask is not None else None
             if new is not None and int(new.max()) > 0:

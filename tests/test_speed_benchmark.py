@@ -1,0 +1,46 @@
+"""experiments/speed_benchmark.py runs end to end on a tiny size: the per-frame CSV marks the warm-up and the
+memory writes where the settings put them, and its profile rates the matmuls it saw with FLOP counts that match
+the attention's shapes worked out by hand."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("speed_benchmark", ROOT / "experiments" / "speed_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_writes_the_curve_and_rates_the_attention_matmuls(benchmark, tmp_path, capsys):
+    results = benchmark.main(["--size", "65x65", "--frames", "4", "--warmup", "2", "--gap", "3", "--profile", "3",
+                    "--threads", "2", "--out", str(tmp_path), "--tag", "tiny", "--json"])
+    with open(tmp_path / "tiny.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["frame"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["timed"]) for r in rows] == [0, 0, 1, 1, 1, 1]         # --warmup 2
+    assert [int(r["memory_write"]) for r in rows] == [0, 0, 1, 0, 0, 1]  # every --gap 3 frames
+    printed = capsys.readouterr().out
+    summary = json.loads(printed.strip().splitlines()[-1])[0]
+    assert summary["size"] == "65x65" and summary["frames"] == 4 and summary["memory"] == "MCAMemory"
+
+    # 65x65 frames -> a 5x5 token map (stride 16) = 25 queries; MCA's long-term memory holds 2 slots of 25
+    # tokens; values are 1024 wide (visual | identity, 512 each): softmax(QK^T) V costs 2 * 25 * 50 * 1024 FLOPs
+    assert "heaviest matmuls / convolutions" in printed
+    by_shape = {(r["op"], json.dumps(r["shapes"])): r for r in results[-1]["profile_ops"]}
+    long_term = by_shape[("bmm", json.dumps([[1, 25, 50], [1, 50, 1024]]))]
+    assert long_term["gflop_per_call"] == pytest.approx(2 * 25 * 50 * 1024 / 1e9)
+    assert long_term["calls_per_frame"] == pytest.approx(3)  # one per propagation layer
+    self_attention = by_shape[("bmm", json.dumps([[1, 25, 25], [1, 25, 1024]]))]
+    assert self_attention["gflop_per_call"] == pytest.approx(2 * 25 * 25 * 1024 / 1e9)
+    for r in by_shape.values():
+        assert r["gflops"] > 0 and r["fraction_of_peak"] == pytest.approx(r["gflops"] / summary["peak_gflops"])
+
