@@ -282,8 +282,10 @@ def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
                                   "timed": int(t > warmup), "mb": round(current_memory_mb(device), 1)})
             for r in runs[1:]:  # outside the timed region: do the contenders compute the same thing?
                 r["rows"][-1].update(agreement(outputs[id(runs[0])], outputs[id(r)]))
-        for r in runs:
-            if not args.no_flops and r["net"].memory.fixed_slots is None:
+        # a growing memory's FLOPs are counted again at the end; whether it grows is this checkout's answer (the
+        # last contender: an older checkout's memory may not say), for the same --memory in every contender
+        if not args.no_flops and runs[-1]["net"].memory.fixed_slots is None:
+            for r in runs:
                 r["flops_end"] = count_final_flops(r, gap)
     peak = max(peak_before, matmul_peak(device, peak_dtype))
     results = [summarise(r, args, device, gap, warmup, peak) for r in runs]

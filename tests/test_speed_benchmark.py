@@ -1,4 +1,5 @@
-"""experiments/speed_benchmark.py runs end to end on a tiny size: the per-frame CSV marks the warm-up and the
+"""experiments/speed_benchmark.py runs end to end on a tiny size, beside another checkout (itself): the per-frame
+CSV marks the warm-up and the
 memory writes where the settings put them, and its profile rates the matmuls it saw with FLOP counts that match
 the attention's shapes worked out by hand."""
 from __future__ import annotations
@@ -21,16 +22,22 @@ def benchmark():
 
 
 def test_tiny_run_writes_the_curve_and_rates_the_attention_matmuls(benchmark, tmp_path, capsys):
+    # this checkout against itself loaded as another package (--compare-with): same seed, same weights
     results = benchmark.main(["--size", "65x65", "--frames", "4", "--warmup", "2", "--gap", "3", "--profile", "3",
-                    "--threads", "2", "--out", str(tmp_path), "--tag", "tiny", "--json"])
+                              "--threads", "2", "--out", str(tmp_path), "--tag", "tiny", "--json",
+                              "--compare-with", str(ROOT)])
     with open(tmp_path / "tiny.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["frame"]) for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert [int(r["timed"]) for r in rows] == [0, 0, 1, 1, 1, 1]         # --warmup 2
-    assert [int(r["memory_write"]) for r in rows] == [0, 0, 1, 0, 0, 1]  # every --gap 3 frames
+    for label in ("old", "new"):
+        mine = [r for r in rows if r["contender"] == label]
+        assert [int(r["frame"]) for r in mine] == [1, 2, 3, 4, 5, 6]
+        assert [int(r["timed"]) for r in mine] == [0, 0, 1, 1, 1, 1]         # --warmup 2
+        assert [int(r["memory_write"]) for r in mine] == [0, 0, 1, 0, 0, 1]  # every --gap 3 frames
     printed = capsys.readouterr().out
-    summary = json.loads(printed.strip().splitlines()[-1])[0]
-    assert summary["size"] == "65x65" and summary["frames"] == 4 and summary["memory"] == "MCAMemory"
+    old, new = json.loads(printed.strip().splitlines()[-1])
+    assert new["size"] == "65x65" and new["frames"] == 4 and new["memory"] == "MCAMemory"
+    assert old["label"] == "old" and new["max_prob_diff"] == 0.0 and new["label_diff"] == 0.0  # the same network
+    summary = new
 
     # 65x65 frames -> a 5x5 token map (stride 16) = 25 queries; MCA's long-term memory holds 2 slots of 25
     # tokens; values are 1024 wide (visual | identity, 512 each): softmax(QK^T) V costs 2 * 25 * 50 * 1024 FLOPs
