@@ -1,7 +1,6 @@
 """experiments/speed_benchmark.py runs end to end on a tiny size, beside another checkout (itself): the per-frame
-CSV marks the warm-up and the
-memory writes where the settings put them, and its profile rates the matmuls it saw with FLOP counts that match
-the attention's shapes worked out by hand."""
+CSV marks the warm-up and the memory writes where the settings put them, the two contenders agree exactly, and
+the profile rates the matmuls it saw with FLOP counts that match the attention's shapes worked out by hand."""
 from __future__ import annotations
 
 import csv
