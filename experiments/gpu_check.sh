@@ -3,7 +3,8 @@
 #   bash experiments/gpu_check.sh OUT_DIR [SUITE_SECONDS]
 # 1. the CUDA tests (tests/test_cuda.py: CUDA == CPU in float32, bf16 close, no host sync in the step, the evaluator
 #    writes on the GPU the masks it writes on the CPU);
-# 2. a profile of the MobileNetV2 step at 480p (eager, bf16 and fp32): where the kernel time goes;
+# 2. a profile of the MobileNetV2 step at 480p (eager, bf16 and fp32): where the kernel time goes; then
+#    experiments/attention_paths.py: which formulation of the attentions is fastest on this GPU;
 # 3. the speed table (experiments/gpu_suite.py: 480x854, 1000 frames, backbones x mca/bank x fp32/bf16 x
 #    eager/compiled, as many runs as fit in SUITE_SECONDS, default 3600);
 # 4. evaluate.py on the embedded benchmark (random weights: speeds, not scores) at the quick start's size and at
@@ -31,6 +32,11 @@ summary() { tr '\r' '\n' | grep -E "speed:|J&F-Mean|mca model|compil|NCCL|nccl|r
   for P in bf16 fp32; do
     timeout 120 $PY experiments/speed_benchmark.py --device cuda --precision $P --size 480x854 --frames 20 \
       --warmup 25 --profile 20 --no-flops --out "$OUT_DIR/profile" 2>&1 | grep -v -E "^(csv|USDT|ERROR)" | tail -n 45
+  done
+
+  step "which attention formulation is fastest here (global: written out vs SDPA backends; window: banded vs dense)"
+  for P in bf16 fp32; do
+    timeout 60 $PY experiments/attention_paths.py --device cuda --dtype $P 2>&1 | tail -n 16
   done
 } 2>&1 | tee "$OUT_DIR/check.log"
 

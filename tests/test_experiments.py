@@ -1,6 +1,8 @@
-"""experiments/speed_benchmark.py runs end to end on a tiny size, beside another checkout (itself): the per-frame
-CSV marks the warm-up and the memory writes where the settings put them, the two contenders agree exactly, and
-the profile rates the matmuls it saw with FLOP counts that match the attention's shapes worked out by hand."""
+"""The benchmarks under experiments/ run end to end on tiny sizes.
+
+speed_benchmark.py beside another checkout (itself): the per-frame CSV marks the warm-up and the memory writes
+where the settings put them, the two contenders agree exactly, and the profile rates the matmuls it saw with FLOP
+counts that match the attention's shapes worked out by hand. attention_paths.py: its formulations agree."""
 from __future__ import annotations
 
 import csv
@@ -50,3 +52,19 @@ def test_tiny_run_writes_the_curve_and_rates_the_attention_matmuls(benchmark, tm
     for r in by_shape.values():
         assert r["gflops"] > 0 and r["fraction_of_peak"] == pytest.approx(r["gflops"] / summary["peak_gflops"])
 
+
+
+def test_attention_paths_agree_and_the_dense_window_mask_is_the_banded_window():
+    """experiments/attention_paths.py on a 20x13 token map (more rows than one band): every formulation it times
+    gives the written-out float32 attention, and its dense masked window (its own mask builder) equals the model's
+    banded window."""
+    spec = importlib.util.spec_from_file_location("attention_paths", ROOT / "experiments" / "attention_paths.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--tokens", "20", "13", "--reps", "1", "--threads", "2"])
+    timed = {(r["case"], r["path"]): r for r in rows if r["ms"] is not None}
+    assert {"written out", "sdpa (as dispatched)", "sdpa, values in 128-wide pieces"} <= {p for _, p in timed}
+    assert ("short-term window 15x15", "banded (LocalGatedAttention)") in timed
+    assert ("short-term window 15x15", "dense: sdpa + mask") in timed
+    for r in timed.values():
+        assert r["ms"] > 0 and r["max_diff"] < 1e-5, r
