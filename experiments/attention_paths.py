@@ -7,7 +7,7 @@ so which formulation wins depends on the device and the dtype; this script times
 (median of ``--reps`` after warm-up; CUDA events on a GPU) and gives each one's largest difference from the
 float32 written-out form:
 
-- global attention: written out (matmul, softmax, matmul: ``mavos.model.layers.attention`` on the CPU),
+- global attention: written out (``mavos.model.layers.written_out_attention``, what the model runs on the CPU),
   ``scaled_dot_product_attention`` as dispatched, SDPA restricted to each backend (math, memory-efficient, flash,
   cuDNN; "n/a" where a backend refuses the shapes), and SDPA over the values cut into 128-wide pieces (the
   width the flash kernels take, recomputing the scores once per piece);
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mavos.model.attention import LocalGatedAttention  # noqa: E402
+from mavos.model.layers import written_out_attention as written_out  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -55,13 +56,6 @@ def timed(fn, device: torch.device, reps: int, warmup: int = 3) -> float:
             fn()
             times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
-
-
-def written_out(q, k, v, scale, bias=None):
-    scores = torch.matmul(q * scale, k.transpose(-1, -2))
-    if bias is not None:
-        scores = scores + bias
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 def sdpa_backend(backend):
@@ -146,35 +140,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         report(case, "sdpa, values in 128-wide pieces", lambda: sdpa_value_pieces(q, k, v, scale), reference)
 
     # the short-term window: banded (the model's) against dense masked
-    layer = LocalGatedAttention(d_qk=256, d_vu=512, d_att=d, heads=1, expand=2.0, max_distance=r).eval().to(device)
+    layer = LocalGatedAttention(d_qk=256, d_vu=512, d_att=d, heads=1, expand=2.0, max_distance=r)
     q = torch.randn(1, n, d, generator=gen).to(device)
     k = torch.randn(1, n, d, generator=gen).to(device)
     v = torch.randn(1, n, dv, generator=gen).to(device)
     rel = torch.randn(n, (2 * r + 1) ** 2, generator=gen).to(device)
     with torch.inference_mode():
         reference = written_out(q[:, None], k[:, None], v[:, None], scale, dense_window_bias(rel, (h, w), r))[:, 0]
-    layer.relative_emb = _Constant(rel)  # the relative-position term as given (its conv is not what is timed)
-    layer = layer.to(dtype)
     q, k, v, rel = (t.to(dtype) for t in (q, k, v, rel))
     case = "short-term window 15x15"
-    report(case, "banded (LocalGatedAttention)", lambda: layer.attend(q, k, v, (h, w)), reference.float())
+    bands = layer.bands((h, w), device)  # made once per map size in the model too
+    report(case, "banded (LocalGatedAttention)", lambda: layer._banded(q[0], k[0], v[0], rel, (h, w), bands)[None],
+           reference.float())
     report(case, "dense: sdpa + mask",
            lambda: F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=scale,
                                                   attn_mask=dense_window_bias(rel, (h, w), r).to(dtype))[:, 0],
            reference.float())
     return rows
-
-
-class _Constant(torch.nn.Module):
-    """Stands in for the relative-position conv: returns a fixed (1, window^2, H, W) map of the given term."""
-
-    def __init__(self, rel: torch.Tensor):
-        super().__init__()
-        self.rel = rel
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        return self.rel.to(x.dtype).t().reshape(1, -1, h, w).expand(b, -1, -1, -1)
 
 
 if __name__ == "__main__":

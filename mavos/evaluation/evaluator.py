@@ -211,8 +211,8 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
             return torch.from_numpy(frame).pin_memory().to(device, non_blocking=True)
         return frame
 
-    def finish(index: int, label: np.ndarray | Callable[[], np.ndarray]) -> None:  # runs on the background worker
-        label = label() if callable(label) else label
+    def finish(index: int, host_label: Callable[[], np.ndarray]) -> None:  # runs on the background worker
+        label = host_label()
         if write is not None and index in write:
             write_mask(Path(results_dir) / record.name / f"{record.frame_names[index]}.png", label)
         if scorer is not None and scorer.wants(index):
@@ -224,7 +224,7 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
             for _ in range(len(record)):
                 i, frame = prefetch.get()
                 if i < start or (not seen and i not in record.annotations):
-                    label = np.zeros(frame.shape[:2], dtype=np.uint8)
+                    label = label_to_host(torch.zeros(frame.shape[:2], dtype=torch.uint8))
                 else:
                     new = new_objects_mask(record, i, seen)
                     if new is not None and new.shape != frame.shape[:2]:
@@ -246,7 +246,7 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
                         seen.update(int(o) for o in np.unique(new) if o)
                     label = label_to_host(session.last_mask)  # the argmax the session made, on its way
                 if frame_hook is not None and hook_frames and i in hook_frames:
-                    frame_hook(i, frame, label() if callable(label) else label)
+                    frame_hook(i, frame, label())
                 pending.append(pool.submit(finish, i, label))
                 while len(pending) > PENDING_WRITES or (pending and pending[0].done()):
                     pending.pop(0).result()  # surfaces a write / scoring error at once

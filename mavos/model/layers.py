@@ -64,6 +64,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, b
     """
     if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)
+    return written_out_attention(q, k, v, scale, bias, dropout)
+
+
+def written_out_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                          bias: torch.Tensor | None = None, dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v as three operations (matmul, softmax, matmul), on any device."""
     scores = torch.matmul(q * scale, k.transpose(-1, -2))
     if bias is not None:
         scores = scores + bias
