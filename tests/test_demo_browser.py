@@ -34,6 +34,7 @@ INSTALL_HINT = ("the browser test needs Debian's Chromium and Playwright's Pytho
                 "`apt-get install -y chromium` (as root; .ci/run does it) and `pip install -e .[dev]`")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+STROKE_RGB = np.array([128, 0, 0])  # object 1 in the DAVIS palette: the brush's default colour
 LONG = 180_000  # ms: a generous bound for waits on a loaded 2-core machine, not a timing assertion
 
 try:
@@ -201,6 +202,42 @@ def test_two_sessions_upload_run_and_get_the_python_apis_masks(server, browser, 
     pages[1][0].close()
 
 
+def paint_across_the_middle(page, tries: int = 5) -> None:
+    """A brush stroke (object 1's colour) across the editor's middle, drawn again until the canvas shows it. On
+    a loaded machine the editor can show the draw tool before its canvas listens: the drag then only selects
+    the page's text and nothing is painted (a user would see that and draw again)."""
+    box = page.locator("#mask-editor canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    probes = [(cx + dx, cy) for dx in (-10, 0, 10)]  # on the stroke's line, away from the brush's round cursor
+    assert not all(shows_stroke_colour(page, x, y) for x, y in probes), "the frame has the stroke's colour already"
+    busy = "() => document.querySelector('#mask-editor').innerText.includes('processing')"
+    give_up = time.monotonic() + LONG / 1000
+    for _ in range(tries):
+        page.mouse.move(cx - 20, cy)
+        page.mouse.down()
+        page.mouse.move(cx + 20, cy, steps=8)
+        page.mouse.up()
+        page.mouse.move(box["x"] + box["width"] + 40, cy)  # the cursor off the canvas
+        wait_until = time.monotonic() + 15
+        while time.monotonic() < min(wait_until, give_up):
+            if page.evaluate(busy):  # the editor hides its canvas while it hands the stroke to the server
+                wait_until = time.monotonic() + 15
+            elif all(shows_stroke_colour(page, x, y) for x, y in probes):
+                return
+            time.sleep(0.5)
+    if page.evaluate(busy):
+        raise AssertionError(f"the editor stayed 'processing' for {LONG // 1000} s after a stroke (Gradio's "
+                             "frontend never finished handing the canvas over)")
+    raise AssertionError(f"the editor showed no stroke after {tries} drags across it")
+
+
+def shows_stroke_colour(page, x: float, y: float) -> bool:
+    """Whether the page shows object 1's palette colour (DAVIS's dark red) around (x, y)."""
+    shot = page.screenshot(clip={"x": x - 1, "y": y - 1, "width": 3, "height": 3})
+    rgb = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), dtype=int).reshape(-1, 3)
+    return bool((np.abs(rgb - STROKE_RGB).max(axis=1) <= 24).all())
+
+
 def test_bad_inputs_are_messages_and_painting_makes_the_mask(server, browser, inputs, tmp_path):
     context, page = open_page(browser, server["url"])
     with explained(page, tmp_path):
@@ -225,21 +262,18 @@ def bad_inputs_then_paint(page, server, inputs):
     # paint object 1 (the brush's default colour) across the middle of the frame, once the frame is in the editor
     page.wait_for_function("() => { const t = document.querySelector('#mask-editor').innerText;"
                            " return t.includes('%') && !t.includes('select the draw tool') && !t.includes('processing') }")
-    canvas = page.locator("#mask-editor canvas").first
-    box = canvas.bounding_box()
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(cx - 20, cy)
-    page.mouse.down()
-    page.mouse.move(cx + 20, cy, steps=8)
-    page.mouse.up()
+    paint_across_the_middle(page)
     # then a GrabCut box around the red box (object 1 of the clip: rows 6-19, columns 6-23) as object 3
+    # (Gradio maps a click to image pixels only once the shown image has loaded: wait for that before each click)
+    shown_and_loaded = ("src => { const i = document.querySelector('#box-image img');"
+                        " return i.getAttribute('src') !== src && i.complete && i.naturalWidth > 0 }")
+    page.wait_for_function(shown_and_loaded, arg="")
     image = page.locator("#box-image img").first
     corners = image.bounding_box()
     for fx, fy in ((2 / W, 2 / H), (29 / W, 25 / H)):
         shown = image.get_attribute("src")
         page.mouse.click(corners["x"] + fx * corners["width"], corners["y"] + fy * corners["height"])
-        page.wait_for_function("src => document.querySelector('#box-image img').getAttribute('src') !== src",
-                               arg=shown)  # the corner is drawn: the click reached the server
+        page.wait_for_function(shown_and_loaded, arg=shown)  # the corner is drawn: the click reached the server
     page.fill("#grabcut-object input", "3")
     before = said(page, "mask-status")
     page.click("#grabcut")
