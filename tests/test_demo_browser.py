@@ -208,8 +208,7 @@ def paint_across_the_middle(page, tries: int = 5) -> None:
     the page's text and nothing is painted (a user would see that and draw again)."""
     box = page.locator("#mask-editor canvas").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    probes = [(cx + dx, cy) for dx in (-10, 0, 10)]  # on the stroke's line, away from the brush's round cursor
-    assert not all(shows_stroke_colour(page, x, y) for x, y in probes), "the frame has the stroke's colour already"
+    assert not shows_stroke_colour(page, cx, cy), "the frame has the stroke's colour already"
     busy = "() => document.querySelector('#mask-editor').innerText.includes('processing')"
     give_up = time.monotonic() + LONG / 1000
     for _ in range(tries):
@@ -222,7 +221,7 @@ def paint_across_the_middle(page, tries: int = 5) -> None:
         while time.monotonic() < min(wait_until, give_up):
             if page.evaluate(busy):  # the editor hides its canvas while it hands the stroke to the server
                 wait_until = time.monotonic() + 15
-            elif all(shows_stroke_colour(page, x, y) for x, y in probes):
+            elif shows_stroke_colour(page, cx, cy):
                 return
             time.sleep(0.5)
     if page.evaluate(busy):
@@ -232,8 +231,9 @@ def paint_across_the_middle(page, tries: int = 5) -> None:
 
 
 def shows_stroke_colour(page, x: float, y: float) -> bool:
-    """Whether the page shows object 1's palette colour (DAVIS's dark red) around (x, y)."""
-    shot = page.screenshot(clip={"x": x - 1, "y": y - 1, "width": 3, "height": 3})
+    """Whether the page shows object 1's palette colour (DAVIS's dark red) all along a 23x3 strip centred on
+    (x, y): the middle of the stroke's line, away from the brush's round cursor."""
+    shot = page.screenshot(clip={"x": x - 11, "y": y - 1, "width": 23, "height": 3})
     rgb = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), dtype=int).reshape(-1, 3)
     return bool((np.abs(rgb - STROKE_RGB).max(axis=1) <= 24).all())
 
