@@ -7,7 +7,7 @@ so which formulation wins depends on the device and the dtype; this script times
 (median of ``--reps`` after warm-up; CUDA events on a GPU) and gives each one's largest difference from the
 float32 written-out form:
 
-- global attention: written out (``mavos.model.layers.written_out_attention``, what the model runs on the CPU),
+- global attention: written out (``mavos.model.layers.attention``, what the model runs on every device),
   ``scaled_dot_product_attention`` as dispatched, SDPA restricted to each backend (math, memory-efficient, flash,
   cuDNN; "n/a" where a backend refuses the shapes), and SDPA over the values cut into 128-wide pieces (the
   width the flash kernels take, recomputing the scores once per piece);
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mavos.model.attention import LocalGatedAttention  # noqa: E402
-from mavos.model.layers import written_out_attention as written_out  # noqa: E402
+from mavos.model.layers import attention as written_out  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="afterwards, N more frames of this checkout under torch.profiler: where the time goes "
                          "(encoder, propagation, decoder, memorizing, the rest of the session) and the top ops")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="torch.backends.cudnn.benchmark = True: cuDNN times its convolution algorithms once per "
+                         "shape and keeps the fastest")
     ap.add_argument("--compare-compile", action="store_true",
                     help="run this checkout eager and compiled alongside each other, frame by frame")
     return ap
@@ -233,6 +236,7 @@ def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
         torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
     overrides = [f"memory={args.memory}"] if args.memory else []
     runs = []
     for c in contenders:
@@ -376,8 +380,9 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
     per_frame = lambda e: total_time(e) / 1000 / frames  # noqa: E731
     total = per_frame(events["frame"])
     writes = sum(1 for t in range(start, start + frames) if t % gap == 0)
-    lines = [f"profile: {frames} frames ({writes} memory writes), {1000 * wall / frames:.0f} ms/frame under the "
-             f"profiler"]
+    lines = [f"profile: {frames} frames ({writes} memory writes), {1000 * wall / frames:.1f} ms/frame under the "
+             f"profiler" + (f", of which {total:.2f} ms in kernels (the rest: the GPU waits for the host)"
+                            if on_gpu else "")]
     accounted = 0.0
     for part in PARTS:
         ms = per_frame(events[part]) if part in events else 0.0
@@ -386,7 +391,7 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
     lines.append(f"  {'rest of session':<16}{total - accounted:8.1f} ms  {100 * (total - accounted) / total:5.1f}%")
     lines.append("  top ops by self time:")
     ops = sorted((e for e in prof.key_averages() if e.key not in PARTS and e.key != "frame"),
-                 key=lambda e: -self_time(e))[:12]
+                 key=lambda e: -self_time(e))[:24 if on_gpu else 12]
     for e in ops:
         ms = self_time(e) / 1000 / frames
         lines.append(f"    {e.key:<40}{ms:8.1f} ms  {100 * ms / total:5.1f}%  ({e.count / frames:.0f} calls/frame)")

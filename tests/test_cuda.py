@@ -1,7 +1,8 @@
 """The CUDA path of the per-frame step, where a GPU is present (skipped elsewhere): the same numbers as the CPU in
 float32, bf16 autocast close to them, and no host synchronisation inside ``step`` (CUDA's own sync detector).
-The evaluator on the GPU writes the masks it writes on the CPU. The compiled step (CUDA graphs) is compared
-with eager by ``experiments/speed_benchmark.py --compare-compile``."""
+The evaluator on the GPU writes the masks it writes on the CPU. The compiled step (CUDA graphs, with its own
+depthwise-convolution form) equals eager; ``experiments/speed_benchmark.py --compare-compile`` compares them over
+long videos."""
 import numpy as np
 import pytest
 import torch
@@ -25,8 +26,8 @@ def video(h: int, w: int, seed: int = 0):
     return frames, mask
 
 
-def run(net, device: str, frames, mask, amp: str | None = None) -> torch.Tensor:
-    session = InferenceSession(net.to(device), long_term_gap=GAP, device=device, amp=amp)
+def run(net, device: str, frames, mask, amp: str | None = None, compile: bool = False) -> torch.Tensor:
+    session = InferenceSession(net.to(device), long_term_gap=GAP, device=device, amp=amp, compile=compile)
     session.add_objects(torch.from_numpy(frames[0]).to(device), mask)
     with torch.inference_mode():
         return torch.stack([session.step(torch.from_numpy(f).to(device)).float().cpu() for f in frames[1:]])
@@ -63,6 +64,21 @@ def test_bf16_autocast_on_cuda_stays_close_to_float32():
     print(f"bf16 vs fp32 on CUDA: mean |dp| {mean:.2e}, max {worst:.2e}, labels agree on {100 * labels:.3f}%")
     assert torch.isfinite(bf16).all()
     assert mean < 0.02 and worst < 0.5 and labels > 0.98
+
+
+def test_compiled_step_on_cuda_equals_eager():
+    """The compiled step (CUDA graphs; depthwise convolutions as fused shifted sums) against eager, float32, over
+    frames that compile and replay propagation, memorizing and the memory write."""
+    from mavos.inference.step import CompiledFrameStep
+
+    net = seeded_weights(build_network("mavos_mbv2")).eval()
+    frames, mask = video(*SIZES["mavos_mbv2"], seed=3)
+    eager = run(net, "cuda", frames, mask)
+    compiled = run(net, "cuda", frames, mask, compile=True)
+    assert CompiledFrameStep.shared(net, torch.device("cuda")).disabled is None  # no fallback to eager
+    diff = (compiled - eager).abs().max().item()
+    print(f"compiled vs eager on CUDA over {FRAMES - 1} frames: max probability difference {diff:.2e}")
+    assert diff < 1e-4, diff
 
 
 def test_step_makes_no_host_synchronisation_on_cuda():

@@ -3,6 +3,7 @@ LVOS from reader metadata equals the toolkit mirror, bounded subsets, resume rec
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from mavos.data.io import write_frame, write_mask
 from mavos.data.lvos import LVOSReader
 from mavos.data.records import DatasetError, VideoRecord, select_videos, truncate_record
 from mavos.evaluation.evaluator import copy_first_frame_scores, segment_video
-from mavos.evaluation.run import load_progress, save_progress
+from mavos.evaluation.run import load_progress, save_progress, speed_summary
 from mavos.metrics.jf import JFMetric
 from mavos.metrics.protocols import VideoScorer, plan_for_record, score_lvos, score_saved_video
 from mavos.registry import build_network
@@ -80,13 +81,19 @@ def test_compiled_sessions_warm_up_before_the_first_timed_frame(davis, net, monk
 
     monkeypatch.setattr(CompiledFrameStep, "_run", lambda self, name, fn, *args: fn(*args))  # no real compiler
     calls = []
-    monkeypatch.setattr(InferenceSession, "warm_up", lambda self, size: calls.append(("warm_up", self.compile, size)))
+    monkeypatch.setattr(InferenceSession, "warm_up",
+                        lambda self, size: calls.append(("warm_up", self.compile, size)) or time.sleep(0.5))
     add, step = InferenceSession.add_objects, InferenceSession.step
     monkeypatch.setattr(InferenceSession, "add_objects", lambda self, *a: calls.append("add") or add(self, *a))
     monkeypatch.setattr(InferenceSession, "step", lambda self, *a: calls.append("step") or step(self, *a))
     record = DavisReader(davis, split="val").videos()[0]
-    segment_video(net, record, protocol="davis", progress=False, session_kwargs={"compile": True})
+    result = segment_video(net, record, protocol="davis", progress=False, session_kwargs={"compile": True})
     assert calls[:3] == [("warm_up", True, (H, W)), "add", "step"] and calls.count("step") == len(record) - 1
+    # the warm-up's wall time is reported apart: the summary gives end-to-end FPS with and without it
+    assert 0.5 <= result.warmup_seconds < result.wall_seconds
+    summary = speed_summary([result], torch.device("cpu"))
+    assert f"of which {result.warmup_seconds:.1f} s compiling the step" in summary
+    assert f"without it {len(record) / (result.wall_seconds - result.warmup_seconds):.2f} FPS" in summary
 
 
 def test_davis_plan_skips_first_and_last_frames(davis):
@@ -121,9 +128,10 @@ def test_progress_record_round_trip(davis, net, tmp_path):
     record = DavisReader(davis, split="val").videos()[0]
     plan = plan_for_record(record, "davis")
     result = segment_video(net, record, plan=plan, progress=False)
+    result.warmup_seconds = 1.25
     save_progress(tmp_path, result, "abc")
     back = load_progress(tmp_path, record, plan, "abc")
-    assert back is not None and back.frames == result.frames
+    assert back is not None and back.frames == result.frames and back.warmup_seconds == 1.25
     for a, b in zip(back.scorer.rows()[0], result.scorer.rows()[0]):
         np.testing.assert_array_equal(a, b)
     assert load_progress(tmp_path, record, plan, "another checkpoint") is None

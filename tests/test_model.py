@@ -7,6 +7,7 @@ import torch
 from mavos.inference.tracker import ObjectTracker, one_hot_mask
 from mavos.registry import build_network
 from mavos.model.attention import LocalGatedAttention
+from mavos.model.layers import DepthwiseConv2d, shifted_depthwise_conv2d
 from mavos.model.mca import ModulatedCrossAttention
 from mavos.model.memory import BankMemory, FIFOMemory, MCAMemory
 from mavos.model.propagation import LayerMemory
@@ -347,6 +348,9 @@ def test_folded_encoder_matches_the_encoder(model):
         assert folded is not net.encoder
         assert not any(isinstance(m, (torch.nn.BatchNorm2d,)) or type(m).__name__ == "FrozenBatchNorm2d"
                        for m in folded.modules())
+        depthwise = [m for m in folded.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+        assert all(type(m) is DepthwiseConv2d for m in depthwise)
+        assert len(depthwise) == (17 if model == "mavos_mbv2" else 0)  # MobileNetV2's inverted residuals
         got = net.encode(x).skips
         for a, b in zip(want[:3], got):
             assert torch.allclose(a, b, atol=1e-4 * float(a.abs().max()))
@@ -357,3 +361,23 @@ def test_folded_encoder_matches_the_encoder(model):
     net.train()
     assert net.inference_encoder() is net.encoder
     assert sum(1 for m in net.encoder.modules() if type(m).__name__ == "FrozenBatchNorm2d") > 0
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation,bias", [(3, 1, 1, 1, True), (3, 2, 1, 1, True),
+                                                                   (5, 1, 2, 1, False), (3, 2, 2, 2, True)])
+def test_shifted_depthwise_conv_equals_conv2d(kernel, stride, padding, dilation, bias):
+    """The compiled-on-CUDA form of DepthwiseConv2d (a sum of shifted slices) against F.conv2d: odd sizes,
+    strides, dilation, channels-last input; in float32 and under bf16 autocast (bf16 in, bf16 out)."""
+    torch.manual_seed(0)
+    c = 6
+    x = torch.randn(2, c, 13, 18).contiguous(memory_format=torch.channels_last)
+    weight, b = torch.randn(c, 1, kernel, kernel), (torch.randn(c) if bias else None)
+    want = torch.nn.functional.conv2d(x, weight, b, stride, padding, dilation, groups=c)
+    got = shifted_depthwise_conv2d(x, weight, b, (stride, stride), (padding, padding), (dilation, dilation))
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert torch.allclose(got, want, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = torch.nn.functional.conv2d(x, weight, b, stride, padding, dilation, groups=c)
+        got = shifted_depthwise_conv2d(x, weight, b, (stride, stride), (padding, padding), (dilation, dilation))
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), want.float(), atol=0.05 * float(want.abs().max()))

@@ -49,6 +49,7 @@ class VideoResult:
     wall_seconds: float      # end-to-end time of the whole video (decoding, writing, scoring included)
     peak_memory_mb: float
     scorer: VideoScorer | None = None
+    warmup_seconds: float = 0.0  # of wall_seconds: compiling the step for this size (session.compile; else 0)
 
     @property
     def fps(self) -> float:
@@ -199,6 +200,7 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
     seen: set[int] = set()
     timer = _ModelTimer(device)
     timed = 0
+    warmup_seconds = 0.0
     prefetch = _Prefetcher(record, range(len(record)))
     pending: list[Future] = []
     bar = tqdm(total=len(record), desc=record.name, leave=False, disable=not progress, unit="frame")
@@ -235,7 +237,9 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
                         if new is None:
                             raise DatasetError(f"{record.annotations.get(i)}: first annotation of '{record.name}' "
                                                f"holds no object")
+                        warming = time.perf_counter()
                         session.warm_up(frame.shape[:2])  # compiling stays out of the model time
+                        warmup_seconds = time.perf_counter() - warming
                         probs = session.add_objects(on_device(frame), new)
                     else:
                         t0 = timer.start()
@@ -260,7 +264,7 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
                 future.cancel()
     model_seconds = timer.total()
     return VideoResult(record.name, timed + 1, model_seconds, time.perf_counter() - wall_start,
-                       peak_memory_mb(device), scorer)
+                       peak_memory_mb(device), scorer, warmup_seconds)
 
 
 def copy_first_frame_scores(record: VideoRecord, plan: ScorePlan) -> VideoScorer:

@@ -144,7 +144,7 @@ def progress_path(results_dir: Path, video: str) -> Path:
 def save_progress(results_dir: Path, result: VideoResult, fingerprint: str) -> None:
     record = {"fingerprint": fingerprint, "video": result.video, "frames": result.frames,
               "model_seconds": result.model_seconds, "wall_seconds": result.wall_seconds,
-              "peak_memory_mb": result.peak_memory_mb}
+              "peak_memory_mb": result.peak_memory_mb, "warmup_seconds": result.warmup_seconds}
     if result.scorer is not None:
         j, f = result.scorer.rows()
         record["scores"] = {"objects": result.scorer.plan.objects, "j": [r.tolist() for r in j],
@@ -174,7 +174,7 @@ def load_progress(results_dir: Path, record: VideoRecord, plan: ScorePlan | None
         for obj, j, f in zip(plan.objects, scores["j"], scores["f"]):
             scorer.j[obj], scorer.f[obj] = np.asarray(j, np.float64), np.asarray(f, np.float64)
     return VideoResult(record.name, int(done["frames"]), float(done["model_seconds"]), float(done["wall_seconds"]),
-                       float(done["peak_memory_mb"]), scorer)
+                       float(done["peak_memory_mb"]), scorer, float(done.get("warmup_seconds", 0.0)))
 
 
 # ---------------------------------------------------------------- reports
@@ -197,9 +197,15 @@ def speed_summary(results: list[VideoResult], device: torch.device) -> str:
     wall_fps = wall_frames / wall if wall > 0 else float("nan")
     peak = max((r.peak_memory_mb for r in results), default=float("nan"))
     kind = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS"
+    warmup = sum(r.warmup_seconds for r in results)
+    compiling = ""
+    if warmup > 0:  # a one-off cost per frame size that a short run's end-to-end FPS would otherwise hide in
+        rest = wall - warmup
+        compiling = (f", of which {warmup:.1f} s compiling the step (once per frame size; without it "
+                     f"{wall_frames / rest if rest > 0 else float('nan'):.2f} FPS)")
     return (f"speed: model {fps:.2f} FPS ({1000 / fps if fps > 0 else float('nan'):.1f} ms/frame, frame 0 excluded, "
             f"over {frames} frames); end-to-end {wall_fps:.2f} FPS ({wall:.1f} s wall, decoding, writing and "
-            f"scoring included) on {device}; peak memory {peak:.0f} MB ({kind})")
+            f"scoring included{compiling}) on {device}; peak memory {peak:.0f} MB ({kind})")
 
 
 def speed_value(results: list[VideoResult], kind: str) -> float | None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mavos.model.layers import attention, map_to_tokens, silu, tokens_to_map
+from mavos.model.layers import DepthwiseConv2d, attention, map_to_tokens, silu, tokens_to_map
 
 
 class DepthwiseConv(nn.Module):
@@ -22,7 +22,8 @@ class DepthwiseConv(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int = 5, dropout: float = 0.1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False)
+        self.conv = DepthwiseConv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels,
+                                    bias=False)
         self.dropout = nn.Dropout2d(dropout)
 
     def forward(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -3,7 +3,8 @@
 A BatchNorm with fixed statistics (``FrozenBatchNorm2d``, or ``BatchNorm2d`` in eval mode) after a convolution
 is an affine map per channel, so it can be folded into that convolution's weight and bias: one pass over the
 feature map instead of three (convolution, multiply, add). Weights are stored channels-last, the layout in
-which the CPU convolutions here run fastest. The trained module is never modified: ``InferenceCopy`` keeps a
+which the CPU convolutions here run fastest; depthwise convolutions become ``DepthwiseConv2d`` (compiled on
+CUDA, one fused kernel instead of cuDNN's). The trained module is never modified: ``InferenceCopy`` keeps a
 folded copy and rebuilds it when any source tensor changes (an optimizer step, loading a checkpoint, moving
 devices), so training and validation keep working on the same network.
 """
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from mavos.model.layers import DepthwiseConv2d
 
 NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
 
@@ -45,8 +48,8 @@ def conv_norm_pairs(module: nn.Module) -> list[tuple[str, str]]:
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``module`` with every conv -> BatchNorm pair folded into one convolution and
-    4-d weights in channels-last layout. Gradients are off in the copy; ``module`` is untouched."""
+    """An eval-mode copy of ``module`` with every conv -> BatchNorm pair folded into one convolution,
+    depthwise convolutions as ``DepthwiseConv2d`` and 4-d weights in channels-last layout. Gradients are off in the copy; ``module`` is untouched."""
     folded = copy.deepcopy(module).eval()
     for conv_name, norm_name in conv_norm_pairs(folded):
         conv = folded.get_submodule(conv_name)
@@ -58,6 +61,9 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
         conv.weight, conv.bias = weight, bias
         parent_name, _, child = norm_name.rpartition(".")
         setattr(folded.get_submodule(parent_name) if parent_name else folded, child, nn.Identity())
+    for m in folded.modules():
+        if type(m) is nn.Conv2d and m.in_channels == m.out_channels == m.groups > 1:
+            m.__class__ = DepthwiseConv2d  # the same module with a faster compiled form on CUDA
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded.to(memory_format=torch.channels_last)
@@ -71,22 +77,27 @@ class InferenceCopy:
     """Holds ``fold_batchnorm(source)`` and rebuilds it when a tensor of ``source`` changed since.
 
     Changes are detected by each parameter's and buffer's storage address and version counter (bumped by
-    every in-place update: optimizer steps, ``load_state_dict``, ``copy_``), a few microseconds per call.
+    every in-place update: optimizer steps, ``load_state_dict``, ``copy_``; the address changes with ``.to()``).
+    The list of those tensors is collected once per source module: walking the module tree on every call
+    (every frame) took 1.4 ms on this 2-core CPU for MobileNetV2's 260 tensors, the cached list 0.15 ms. A parameter *object* assigned anew
+    (``module.weight = nn.Parameter(...)``) is therefore not noticed; use ``load_state_dict`` or ``copy_``.
     """
 
     def __init__(self):
         self._key: tuple | None = None
         self._module: nn.Module | None = None
+        self._tensors: tuple[int, list[torch.Tensor]] | None = None  # (id of the source, its tensors)
 
     def __deepcopy__(self, memo) -> "InferenceCopy":  # a copied network (e.g. EMA) builds its own when used
         return InferenceCopy()
 
     def __getstate__(self) -> dict:
-        return {"_key": None, "_module": None}
+        return {"_key": None, "_module": None, "_tensors": None}
 
-    @staticmethod
-    def _fingerprint(source: nn.Module) -> tuple:
-        return tuple((t.data_ptr(), t._version) for t in (*source.parameters(), *source.buffers()))
+    def _fingerprint(self, source: nn.Module) -> tuple:
+        if self._tensors is None or self._tensors[0] != id(source):
+            self._tensors = (id(source), [*source.parameters(), *source.buffers()])
+        return tuple((t.data_ptr(), t._version) for t in self._tensors[1])
 
     def get(self, source: nn.Module) -> nn.Module:
         key = self._fingerprint(source)
