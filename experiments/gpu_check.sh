@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Every GPU check of the README in one go, on a machine with one CUDA GPU (from the repository root):
 #   bash experiments/gpu_check.sh OUT_DIR [SUITE_SECONDS]
-# 1. the CUDA tests (tests/test_cuda.py: CUDA == CPU in float32, bf16 close, no host sync in the step, the evaluator
-#    writes on the GPU the masks it writes on the CPU);
-# 2. a profile of the MobileNetV2 step at 480p (eager, bf16 and fp32): where the kernel time goes; then
-#    experiments/attention_paths.py: which formulation of the attentions is fastest on this GPU;
-# 3. the speed table (experiments/gpu_suite.py: 480x854, 1000 frames, backbones x mca/bank x fp32/bf16 x
+# 1. the CUDA tests (tests/test_cuda.py: CUDA == CPU in float32, bf16 close, compiled == eager, no host sync in the
+#    step, the evaluator writes on the GPU the masks it writes on the CPU);
+# 2. the speed table (experiments/gpu_suite.py: 480x854, 1000 frames, backbones x mca/bank x fp32/bf16 x
 #    eager/compiled, as many runs as fit in SUITE_SECONDS, default 3600);
-# 4. evaluate.py on the embedded benchmark (random weights: speeds, not scores) at the quick start's size and at
-#    480p, under torchrun (NCCL), and with the compiled step in bf16 (model FPS beside end-to-end FPS).
+# 3. evaluate.py on the embedded benchmark (random weights: speeds, not scores) at the quick start's size and at
+#    480p, under torchrun (NCCL), and with the compiled step in bf16 (model FPS beside end-to-end FPS);
+# 4. last, a profile of the MobileNetV2 step at 480p (eager, bf16 and fp32): where the kernel time goes; then
+#    experiments/attention_paths.py: which formulation of the attentions is fastest on this GPU.
 # Each step has its own time limit and the next one runs whatever happened; logs land in OUT_DIR.
 set -u
 OUT_DIR=${1:?usage: bash experiments/gpu_check.sh OUT_DIR [SUITE_SECONDS]}
@@ -27,17 +27,6 @@ summary() { tr '\r' '\n' | grep -E "speed:|J&F-Mean|mca model|compil|NCCL|nccl|r
 
   step "CUDA tests"
   timeout 180 $PY -m pytest -q -s -p no:cacheprovider tests/test_cuda.py 2>&1 | grep -v "^$" | tail -n 20
-
-  step "where the time goes: kernel time per part, per kernel, and each matmul's rate (eager, bf16 then fp32)"
-  for P in bf16 fp32; do
-    timeout 120 $PY experiments/speed_benchmark.py --device cuda --precision $P --size 480x854 --frames 20 \
-      --warmup 25 --profile 20 --no-flops --out "$OUT_DIR/profile" 2>&1 | grep -v -E "^(csv|USDT|ERROR)" | tail -n 45
-  done
-
-  step "which attention formulation is fastest here (global: written out vs SDPA backends; window: banded vs dense)"
-  for P in bf16 fp32; do
-    timeout 60 $PY experiments/attention_paths.py --device cuda --dtype $P 2>&1 | tail -n 16
-  done
 } 2>&1 | tee "$OUT_DIR/check.log"
 
 step "speed table" | tee -a "$OUT_DIR/check.log"
@@ -59,5 +48,15 @@ tail -n 30 "$OUT_DIR/suite/gpu_table.md" | tee -a "$OUT_DIR/check.log"
   step "evaluate.py, compiled step, bf16, 480p"
   timeout 150 $PY evaluate.py ckpt_path="$CKPT" results_dir="$WORK/eval_compiled" session.compile=true \
     session.amp=bf16 session.max_short_edge=null resume=false 2>&1 | summary
+  step "where the time goes: kernel time per part, per kernel, and each matmul's rate (eager, bf16 then fp32)"
+  for P in bf16 fp32; do
+    timeout 120 $PY experiments/speed_benchmark.py --device cuda --precision $P --size 480x854 --frames 20 \
+      --warmup 25 --profile 20 --no-flops --out "$OUT_DIR/profile" 2>&1 | grep -v -E "^(csv|USDT|ERROR)" | tail -n 45
+  done
+
+  step "which attention formulation is fastest here (global: written out vs SDPA backends; window: banded vs dense)"
+  for P in bf16 fp32; do
+    timeout 60 $PY experiments/attention_paths.py --device cuda --dtype $P 2>&1 | tail -n 16
+  done
   step done
 } 2>&1 | tee -a "$OUT_DIR/check.log"
