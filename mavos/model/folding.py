@@ -49,7 +49,8 @@ def conv_norm_pairs(module: nn.Module) -> list[tuple[str, str]]:
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """An eval-mode copy of ``module`` with every conv -> BatchNorm pair folded into one convolution,
-    depthwise convolutions as ``DepthwiseConv2d`` and 4-d weights in channels-last layout. Gradients are off in the copy; ``module`` is untouched."""
+    depthwise convolutions as ``DepthwiseConv2d`` and 4-d weights in channels-last layout. Gradients are off
+    in the copy; ``module`` is untouched."""
     folded = copy.deepcopy(module).eval()
     for conv_name, norm_name in conv_norm_pairs(folded):
         conv = folded.get_submodule(conv_name)
@@ -79,8 +80,9 @@ class InferenceCopy:
     Changes are detected by each parameter's and buffer's storage address and version counter (bumped by
     every in-place update: optimizer steps, ``load_state_dict``, ``copy_``; the address changes with ``.to()``).
     The list of those tensors is collected once per source module: walking the module tree on every call
-    (every frame) took 1.4 ms on this 2-core CPU for MobileNetV2's 260 tensors, the cached list 0.15 ms. A parameter *object* assigned anew
-    (``module.weight = nn.Parameter(...)``) is therefore not noticed; use ``load_state_dict`` or ``copy_``.
+    (every frame) took 1.4 ms on this 2-core CPU for MobileNetV2's 260 tensors, the cached list 0.15 ms.
+    A parameter *object* assigned anew (``module.weight = nn.Parameter(...)``) is therefore not noticed; use
+    ``load_state_dict`` or ``copy_``.
     """
 
     def __init__(self):
