@@ -113,6 +113,24 @@ def test_autocast_path_runs_and_stays_close_to_float32(net):
         InferenceSession(net, amp="int8")
 
 
+def test_tf32_switch_sets_both_cuda_flags_and_null_leaves_them(net):
+    """session.tf32: true / false set TF32 for CUDA matmuls and cuDNN convolutions together; null leaves torch's
+    settings as they were; anything else is refused, naming the key."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True  # torch's defaults
+        InferenceSession(net)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, True)
+        InferenceSession(net, tf32=True)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+        InferenceSession(net, tf32=False)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+        with pytest.raises(ValueError, match="tf32 must be"):
+            InferenceSession(net, tf32="yes")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def test_video_predictor_from_checkpoint(tmp_path, net):
     from mavos.inference.predictor import VideoPredictor
 
