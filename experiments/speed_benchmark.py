@@ -226,8 +226,9 @@ def count_final_flops(run: dict, gap: int) -> tuple[int, float]:
     return t, float(counter.get_total_flops())
 
 
-def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
-    """All contenders over the same frames, one frame each in turn; a summary dict per contender."""
+def run_benchmark(args, contenders: list[Contender]) -> tuple[list[dict], dict, float]:
+    """All contenders over the same frames, one frame each in turn: a summary dict per contender, and the last
+    contender's run (its session, frames and gap) with the matmul peak, for a profile afterwards."""
     import torch
 
     if args.threads:
@@ -292,10 +293,7 @@ def run_benchmark(args, contenders: list[Contender]) -> list[dict]:
             for r in runs:
                 r["flops_end"] = count_final_flops(r, gap)
     peak = max(peak_before, matmul_peak(device, peak_dtype))
-    results = [summarise(r, args, device, gap, warmup, peak) for r in runs]
-    if args.profile:
-        results[-1]["profile"], results[-1]["profile_ops"] = profile(runs[-1], args.profile, gap, peak)
-    return results
+    return [summarise(r, args, device, gap, warmup, peak) for r in runs], runs[-1], peak
 
 
 def agreement(reference, other) -> dict:
@@ -552,7 +550,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         contenders = [Contender("new" if args.compare_with else "mavos", "mavos")]
     if args.compare_with is not None:
         contenders.insert(0, Contender.from_checkout(args.compare_with.resolve(), "old"))
-    results = run_benchmark(args, contenders)
+    results, last_run, peak = run_benchmark(args, contenders)
     csv_path, png = save(results, args.out, tag_of(args))
     r = results[-1]
     print(f"{r['model']} ({r['memory']}) {r['size']} {r['precision']}{' compiled' if r['compile'] else ''} on "
@@ -567,10 +565,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"outputs: max probability difference {other['max_prob_diff']:.2e}, labels differ on "
               f"{100 * other['label_diff']:.4f}% of pixels")
     print(f"csv: {csv_path}" + (f"  plot: {png}" if png else ""))
-    if "profile" in results[-1]:
-        print(f"{results[-1]['label']} {results[-1].pop('profile')}")
     if args.json:
-        print(json.dumps([{k: v for k, v in res.items() if k not in ("rows", "profile_ops")} for res in results]))
+        print(json.dumps([{k: v for k, v in res.items() if k != "rows"} for res in results]))
+    sys.stdout.flush()  # the timings are out before the profile starts: a run killed during it keeps them
+    if args.profile:
+        text, results[-1]["profile_ops"] = profile(last_run, args.profile, last_run["gap"], peak)
+        print(f"{results[-1]['label']} {text}")
     return results
 
 
