@@ -235,8 +235,9 @@ def run_benchmark(args, contenders: list[Contender]) -> tuple[list[dict], dict, 
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
-        torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
+        from mavos.inference.session import set_tf32  # process-wide: applies to every contender
+
+        set_tf32(args.precision == "tf32")
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
     overrides = [f"memory={args.memory}"] if args.memory else []
     runs = []

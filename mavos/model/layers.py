@@ -38,10 +38,11 @@ class DepthwiseConv2d(nn.Conv2d):
     """A depthwise convolution (``groups`` = channels), computed differently where that is faster.
 
     Compiled on CUDA it is a sum of shifted, weighted copies of the input, which inductor fuses into one
-    memory-bound kernel: the library's depthwise kernels for channels-last bf16 maps ran far below the memory
-    bandwidth on an H100 (cuDNN's for a 3x3 over 960 channels at 31x54, 3 MB in and out: 0.1 ms a call; with
-    PyTorch's own 5x5 kernel, a fifth of the compiled MobileNetV2 step's kernel time at 480p). Eager, or on
-    the CPU, it is ``nn.Conv2d``. Same parameters and state-dict keys as ``nn.Conv2d``.
+    memory-bound kernel: cuDNN's depthwise kernels for channels-last bf16 maps ran far below the memory
+    bandwidth on an H100 (a 3x3 over 960 channels at 31x54, 3 MB in and out: 0.1 ms a call). For the
+    propagation's 5x5s it is not yet a win: 55 us a call fused against 33 us for PyTorch's kernel (bf16, H100;
+    inductor computes their input, attention x U, again in every tap), equal in strict fp32; README, Speed.
+    Eager, or on the CPU, it is ``nn.Conv2d``. Same parameters and state-dict keys as ``nn.Conv2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
