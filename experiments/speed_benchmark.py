@@ -81,7 +81,54 @@ def build_parser() -> argparse.ArgumentParser:
                          "shape and keeps the fastest")
     ap.add_argument("--compare-compile", action="store_true",
                     help="run this checkout eager and compiled alongside each other, frame by frame")
+    ap.add_argument("--fused-depthwise", type=parse_kernel_sizes, default=None, metavar="SIZES",
+                    help="kernel sizes of the depthwise convolutions that run as fused shifted sums when compiled "
+                         "on CUDA (DepthwiseConv2d.fused_kernel_sizes of every contender that has it): '3,5' (the "
+                         "default), '3' (the propagation's 5x5s on PyTorch's kernel), 'none'")
+    ap.add_argument("--inductor", action="append", default=[], type=parse_setting, metavar="KEY=VALUE",
+                    help="set torch._inductor.config.KEY (an int, float, true / false or a string) before "
+                         "compiling, e.g. realize_reads_threshold=1; repeatable")
     return ap
+
+
+def parse_kernel_sizes(text: str) -> frozenset[int]:
+    if text.strip().lower() == "none":
+        return frozenset()
+    try:
+        return frozenset(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"kernel sizes must be like '3,5' or 'none', got {text!r}") from None
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """'KEY=VALUE' -> (KEY, VALUE as an int, a float, a bool or the string)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if raw.lower() in ("true", "false"):
+        return key, raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+def apply_compiler_settings(args, contenders: list["Contender"]) -> None:
+    """``--inductor`` and ``--fused-depthwise``: process-wide settings read when the step is compiled."""
+    if args.inductor:
+        import torch._inductor.config as inductor_config
+
+        for key, value in args.inductor:
+            if not hasattr(inductor_config, key):
+                raise SystemExit(f"--inductor {key}={value}: torch._inductor.config has no setting {key!r}")
+            setattr(inductor_config, key, value)
+    if args.fused_depthwise is not None:
+        for c in contenders:
+            layers = importlib.import_module(f"{c.package}.model.layers")
+            if hasattr(getattr(layers, "DepthwiseConv2d", None), "fused_kernel_sizes"):
+                layers.DepthwiseConv2d.fused_kernel_sizes = args.fused_depthwise
 
 
 # ---------------------------------------------------------------------------------------------------- packages
@@ -239,6 +286,7 @@ def run_benchmark(args, contenders: list[Contender]) -> tuple[list[dict], dict, 
 
         set_tf32(args.precision == "tf32")
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    apply_compiler_settings(args, contenders)
     overrides = [f"memory={args.memory}"] if args.memory else []
     runs = []
     for c in contenders:
@@ -557,6 +605,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{r['model']} ({r['memory']}) {r['size']} {r['precision']}{' compiled' if r['compile'] else ''} on "
           f"{r['device_name']}, {r['threads']} threads, gap {r['gap']}, {r['frames']} timed frames after "
           f"{r['warmup']}, torch {r['torch']}")
+    if args.fused_depthwise is not None or args.inductor:
+        fused = ("default" if args.fused_depthwise is None
+                 else ",".join(map(str, sorted(args.fused_depthwise))) or "none")
+        print(f"compiler settings: fused depthwise kernel sizes {fused}; inductor "
+              f"{', '.join(f'{k}={v}' for k, v in args.inductor) or 'defaults'}")
     for res in results:
         print(f"{res['label']:>5}: {summary_line(res)}")
     for other in results[1:]:

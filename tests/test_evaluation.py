@@ -150,6 +150,104 @@ def test_a_mask_of_another_size_mid_video_names_file_and_frame(davis, net, tmp_p
     assert "two/00003.png" in str(err.value) and "frame 3" in str(err.value)
 
 
+# ---------------------------------------------------------------- the writer process
+
+def test_a_frame_scored_in_the_writer_process_names_its_ground_truth_when_sizes_differ(tmp_path):
+    """Errors raised in the writer process reach the caller as themselves, naming the file; the PNG is written."""
+    from mavos.data.io import read_mask
+    from mavos.evaluation.finishing import FrameJob, finish_frame, writer_pool
+
+    truth = tmp_path / "gt" / "00004.png"
+    write_mask(truth, moving_square(0))
+    job = FrameJob(4, moving_square(1), png=str(tmp_path / "out" / "00004.png"), truth=str(truth),
+                   entries=((1, 0),), video="vid")
+    j, f = writer_pool().submit(finish_frame, job).result()[0][2:]
+    assert j == pytest.approx(9 / 15) and 0 < f < 1  # 12-px squares 3 px apart: 108 / 180 pixels
+    np.testing.assert_array_equal(read_mask(tmp_path / "out" / "00004.png"), moving_square(1))
+    small = FrameJob(4, moving_square(1)[: H // 2], truth=str(truth), entries=((1, 0),), video="vid")
+    with pytest.raises(DatasetError, match=r"gt/00004.png: prediction of frame 4 of 'vid' is 20x56 but its "
+                                           r"ground truth is 40x56"):
+        writer_pool().submit(finish_frame, small).result()
+
+
+def test_the_writer_process_imports_no_torch_and_leaves_with_a_killed_parent(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = ("import os, sys, time\n"
+              "from mavos.evaluation.finishing import writer_pool\n"
+              "assert 'torch' not in sys.modules, 'finishing imported torch'\n"
+              "print(writer_pool().submit(os.getpid).result(), flush=True)\n"
+              "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(proc.stdout.readline())
+        assert worker != proc.pid and running(worker)
+        proc.send_signal(signal.SIGKILL)  # not reaped yet: a zombie still answers os.kill(pid, 0)
+        deadline = time.monotonic() + 15
+        while running(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not running(worker), f"writer process {worker} outlived its killed parent"
+        assert proc.stdout.read() == ""  # EOF: nothing the parent started holds its stdout any more
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_multiprocessing_child_that_used_the_writer_exits(tmp_path):
+    """A process started by multiprocessing (a DDP rank) waits for its children before its atexit handlers run:
+    its writer must be shut down before that wait, or the process never ends."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = tmp_path / "child_uses_the_writer.py"
+    script.write_text(
+        "import multiprocessing, os\n"
+        "from mavos.evaluation.finishing import writer_pool\n"
+        "def use():\n"
+        "    writer_pool().submit(os.getpid).result()\n"
+        "if __name__ == '__main__':\n"
+        "    child = multiprocessing.get_context('spawn').Process(target=use)\n"
+        "    child.start()\n"
+        "    child.join(60)\n"
+        "    print('exitcode', child.exitcode, flush=True)\n"
+        "    if child.exitcode is None:\n"
+        "        child.kill()\n")
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert "exitcode 0" in proc.stdout, proc.stdout + proc.stderr
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_daemonic_process_finishes_frames_in_a_thread(monkeypatch):
+    """A daemonic process may not start children: its writer is a thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mavos.evaluation.finishing as finishing
+
+    monkeypatch.setattr(finishing, "_pool", None)
+    monkeypatch.setattr(finishing.multiprocessing, "current_process", lambda: type("P", (), {"daemon": True})())
+    pool = finishing.writer_pool()
+    try:
+        assert isinstance(pool, ThreadPoolExecutor) and finishing.writer_pool() is pool
+    finally:
+        pool.shutdown()
+
+
 # ---------------------------------------------------------------- LVOS: reader metadata vs the toolkit mirror
 
 def test_lvos_streaming_plan_equals_the_toolkit_rules(tmp_path):

@@ -55,6 +55,30 @@ def test_tiny_run_writes_the_curve_and_rates_the_attention_matmuls(benchmark, tm
         assert r["gflops"] > 0 and r["fraction_of_peak"] == pytest.approx(r["gflops"] / summary["peak_gflops"])
 
 
+def test_compiler_settings_reach_inductor_and_the_depthwise_layers(benchmark, monkeypatch):
+    """--inductor KEY=VALUE and --fused-depthwise: typed values, set where the compiler reads them; bad ones
+    refused naming the setting."""
+    import torch._inductor.config as inductor_config
+
+    from mavos.model.layers import DepthwiseConv2d
+
+    monkeypatch.setattr(inductor_config, "realize_reads_threshold", inductor_config.realize_reads_threshold)
+    monkeypatch.setattr(DepthwiseConv2d, "fused_kernel_sizes", DepthwiseConv2d.fused_kernel_sizes)
+    assert DepthwiseConv2d.fused_kernel_sizes == frozenset({3, 5})
+    args = benchmark.build_parser().parse_args(["--inductor", "realize_reads_threshold=1", "--inductor",
+                                                "max_autotune=false", "--fused-depthwise", "3"])
+    assert args.inductor == [("realize_reads_threshold", 1), ("max_autotune", False)]
+    benchmark.apply_compiler_settings(args, [benchmark.Contender("mavos", "mavos")])
+    assert inductor_config.realize_reads_threshold == 1 and inductor_config.max_autotune is False
+    assert DepthwiseConv2d.fused_kernel_sizes == frozenset({3})
+    assert benchmark.build_parser().parse_args(["--fused-depthwise", "none"]).fused_depthwise == frozenset()
+    with pytest.raises(SystemExit, match="no setting 'realize_read_threshold'"):
+        benchmark.apply_compiler_settings(benchmark.build_parser().parse_args(
+            ["--inductor", "realize_read_threshold=1"]), [])
+    for bad in (["--inductor", "=1"], ["--fused-depthwise", "3x3"]):
+        with pytest.raises(SystemExit):
+            benchmark.build_parser().parse_args(bad)
+
 
 def test_attention_paths_agree_and_the_dense_window_mask_is_the_banded_window():
     """experiments/attention_paths.py on a 20x13 token map (more rows than one band): every formulation it times

@@ -7,9 +7,10 @@ the training loop's validation calls it for the val subset (no files), so a J&F 
 from evaluate.py are the same number.
 
 It is a pipeline, so the model is the only thing on the critical path: a thread decodes frames ahead into a
-bounded queue, and a background worker writes PNGs and scores frames behind the model. The timed region is
-the model alone (CUDA events on a GPU, as the paper times it; frame 0 excluded); the wall time of the whole
-video is kept beside it, so model FPS and end-to-end FPS can both be reported.
+bounded queue, and a writer process (``finishing``; a process, so that it never holds the model loop's GIL)
+writes PNGs and scores frames behind the model, fed by a thread that waits for each frame's ids. The timed
+region is the model alone (CUDA events on a GPU, as the paper times it; frame 0 excluded); the wall time of
+the whole video is kept beside it, so model FPS and end-to-end FPS can both be reported.
 """
 from __future__ import annotations
 
@@ -19,17 +20,18 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from mavos.data.io import read_frame, read_mask, read_user_mask, write_mask
+from mavos.data.io import read_frame, read_mask, read_user_mask
 from mavos.data.records import DatasetError, VideoRecord
+from mavos.evaluation.finishing import FrameJob, finish_frame, writer_pool
 from mavos.inference.session import InferenceSession
-from mavos.metrics.protocols import ScorePlan, VideoScorer, plan_for_record, read_ground_truth
+from mavos.metrics.protocols import ScorePlan, VideoScorer, ground_truth_path, plan_for_record, read_ground_truth
 from mavos.model.vos import VOSNetwork
 
 PREFETCH_FRAMES = 8      # frames decoded ahead of the model
@@ -202,6 +204,7 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
     timed = 0
     warmup_seconds = 0.0
     prefetch = _Prefetcher(record, range(len(record)))
+    writer = writer_pool()
     pending: list[Future] = []
     bar = tqdm(total=len(record), desc=record.name, leave=False, disable=not progress, unit="frame")
 
@@ -213,13 +216,22 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
             return torch.from_numpy(frame).pin_memory().to(device, non_blocking=True)
         return frame
 
-    def finish(index: int, host_label: Callable[[], np.ndarray]) -> None:  # runs on the background worker
-        label = host_label()
-        if write is not None and index in write:
-            write_mask(Path(results_dir) / record.name / f"{record.frame_names[index]}.png", label)
-        if scorer is not None and scorer.wants(index):
-            gt = record.gt_annotations or record.annotations
-            scorer.add(index, label, read_ground_truth(record, index), source=gt[index])
+    scoring = {} if scorer is None else {"user_masks": bool(record.meta.get("user_masks")),
+                                         "binarize": plan.binarize, "bound_th": scorer.bound_th}
+
+    def finish(index: int, host_label: Callable[[], np.ndarray]) -> None:  # runs on the background thread
+        scored = scorer is not None and scorer.wants(index)
+        png = Path(results_dir) / record.name / f"{record.frame_names[index]}.png" \
+            if write is not None and index in write else None
+        if png is None and not scored:
+            return
+        job = FrameJob(index, host_label(), png=None if png is None else str(png), video=record.name)
+        if scored:
+            job = replace(job, truth=str(ground_truth_path(record, index)), entries=tuple(plan.frames[index]),
+                          **scoring)
+        scores = writer.submit(finish_frame, job).result()  # in the writer process; waiting releases the GIL
+        if scored:
+            scorer.record(index, scores)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"finish-{record.name}") as pool:
         try:

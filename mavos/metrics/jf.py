@@ -21,9 +21,9 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from mavos.metrics.frame_scores import VOID_ID
 from mavos.metrics.statistics import mean_recall_decay
 
-VOID_ID = 255
 VIDEO_NAME_BYTES = 256
 PROTOCOLS = ("davis", "ltv", "lvos")
 STATISTICS: tuple[str, ...] = ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")

@@ -27,17 +27,18 @@ import numpy as np
 from mavos.data.io import atomic_save, read_mask, read_user_mask
 from mavos.data.listing import read_json, read_lines
 from mavos.data.records import DatasetError, VideoRecord
-from mavos.metrics.jf import GLOBAL_COLUMNS, LVOS_GLOBAL_COLUMNS, VOID_ID, JFMetric, lvos_variation
-from mavos.metrics.region_boundary import DEFAULT_BOUND_TH, boundary_measure, region_similarity
+from mavos.metrics.frame_scores import VOID_ID, FrameScore, score_frame
+from mavos.metrics.jf import GLOBAL_COLUMNS, LVOS_GLOBAL_COLUMNS, JFMetric, lvos_variation
+from mavos.metrics.region_boundary import DEFAULT_BOUND_TH
 
 PROTOCOLS = ("davis", "ltv", "lvos", "none")
 SEQUENCE_COLUMNS: tuple[str, ...] = ("Sequence", "J-Mean", "F-Mean")
 LVOS_SEQUENCE_COLUMNS: tuple[str, ...] = ("Sequence", "J-Mean", "F-Mean", "V-Mean")
 LVOS_FRAME_STEP = 5  # lvos-evaluation v1 scores every 5th frame number of an object's range
 
-__all__ = ["ScorePlan", "VideoScorer", "plan_for_record", "read_ground_truth", "score_saved_video",
-           "score_davis_results", "score_ltv", "score_lvos", "write_davis_csvs", "write_lvos_csvs",
-           "lvos_variation", "GLOBAL_COLUMNS", "LVOS_GLOBAL_COLUMNS"]
+__all__ = ["ScorePlan", "VideoScorer", "plan_for_record", "ground_truth_path", "read_ground_truth",
+           "score_saved_video", "score_davis_results", "score_ltv", "score_lvos", "write_davis_csvs",
+           "write_lvos_csvs", "lvos_variation", "GLOBAL_COLUMNS", "LVOS_GLOBAL_COLUMNS"]
 
 
 # ---------------------------------------------------------------- frame selection rules
@@ -110,20 +111,16 @@ class VideoScorer:
 
     def add(self, index: int, pred: np.ndarray, gt: np.ndarray, source: str | Path = "") -> None:
         """Score frame ``index``: ``pred`` / ``gt`` (H, W) ids; 255 in ``gt`` (void) is background."""
-        if index not in self.plan.frames:
-            return
-        pred, gt = np.asarray(pred), np.asarray(gt)
-        if pred.shape != gt.shape:
-            where = f"{source}: " if source else ""
-            raise DatasetError(f"{where}prediction of frame {index} of '{self.plan.video}' is {pred.shape[0]}x"
-                               f"{pred.shape[1]} but its ground truth is {gt.shape[0]}x{gt.shape[1]}")
-        gt = np.where(gt == VOID_ID, 0, gt)
-        if self.plan.binarize:
-            pred, gt = (pred > 0).astype(np.uint8), (gt > 0).astype(np.uint8)
-        for obj, slot in self.plan.frames[index]:
-            p, g = pred == obj, gt == obj
-            self.j[obj][slot] = region_similarity(p, g)
-            self.f[obj][slot] = boundary_measure(p, g, bound_th=self.bound_th)
+        if index in self.plan.frames:
+            self.record(index, score_frame(pred, gt, self.plan.frames[index], binarize=self.plan.binarize,
+                                           bound_th=self.bound_th, index=index, video=self.plan.video,
+                                           source=source))
+
+    def record(self, index: int, scores: Iterable[FrameScore]) -> None:
+        """Keep frame ``index``'s scores (``score_frame``'s, computed here or in evaluation's writer process)."""
+        for obj, slot, j, f in scores:
+            self.j[obj][slot] = j
+            self.f[obj][slot] = f
         self.filled += 1
 
     def rows(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -194,12 +191,17 @@ def lvos_plan(video: str, frame_names: Sequence[str], ranges: dict, unseen: bool
 
 # ---------------------------------------------------------------- reading masks
 
-def read_ground_truth(record: VideoRecord, index: int) -> np.ndarray:
-    """The ground truth of frame ``index`` (dense annotations where the record has them)."""
-    gt = record.gt_annotations or record.annotations
-    path = gt.get(index)
+def ground_truth_path(record: VideoRecord, index: int) -> Path:
+    """The ground-truth file of frame ``index`` (dense annotations where the record has them)."""
+    path = (record.gt_annotations or record.annotations).get(index)
     if path is None:
         raise DatasetError(f"video '{record.name}': frame {index} ({record.frame_names[index]}) has no ground truth")
+    return Path(path)
+
+
+def read_ground_truth(record: VideoRecord, index: int) -> np.ndarray:
+    """The ground truth of frame ``index`` (dense annotations where the record has them)."""
+    path = ground_truth_path(record, index)
     return read_user_mask(path) if record.meta.get("user_masks") else read_mask(path)
 
 

@@ -7,20 +7,18 @@ the leading shape), as numpy arrays or torch tensors. Numbers match ``davis2017-
 from __future__ import annotations
 
 import math
+import sys
 
 import cv2
 import numpy as np
-
-try:  # torch is optional for this module: masks may come straight from numpy readers
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
 
 DEFAULT_BOUND_TH = 0.008  # DAVIS: tolerance = 0.8% of the image diagonal (8 px at 480x854)
 
 
 def as_bool_array(mask) -> np.ndarray:
-    """A numpy bool view of a numpy array or torch tensor (any device); nonzero means foreground."""
+    """A numpy bool view of a numpy array or torch tensor (any device); nonzero means foreground. Torch is not
+    imported here (a tensor means it is loaded already): the writer process of evaluation runs without it."""
+    torch = sys.modules.get("torch")
     if torch is not None and isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     return np.asarray(mask).astype(bool, copy=False)

@@ -43,11 +43,15 @@ class DepthwiseConv2d(nn.Conv2d):
     propagation's 5x5s it is not yet a win: 55 us a call fused against 33 us for PyTorch's kernel (bf16, H100;
     inductor computes their input, attention x U, again in every tap), equal in strict fp32; README, Speed.
     Eager, or on the CPU, it is ``nn.Conv2d``. Same parameters and state-dict keys as ``nn.Conv2d``.
+    ``fused_kernel_sizes`` says which kernels take the fused form (the speed benchmark's ``--fused-depthwise``
+    sets it to compare the two forms on a GPU).
     """
+
+    fused_kernel_sizes: frozenset[int] = frozenset({3, 5})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shifted = (x.is_cuda and torch.compiler.is_compiling() and self.padding_mode == "zeros"
-                   and not isinstance(self.padding, str))
+                   and not isinstance(self.padding, str) and self.kernel_size[0] in self.fused_kernel_sizes)
         return shifted_depthwise_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation) \
             if shifted else super().forward(x)
 
