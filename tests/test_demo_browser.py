@@ -209,7 +209,9 @@ def paint_across_the_middle(page, tries: int = 5) -> None:
     box = page.locator("#mask-editor canvas").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     assert not shows_stroke_colour(page, cx, cy), "the frame has the stroke's colour already"
-    busy = "() => document.querySelector('#mask-editor').innerText.includes('processing')"
+    # the editor hides its canvas while an event that outputs to it is queued ("queue: 1/1 | ...") or running
+    busy = ("() => { const t = document.querySelector('#mask-editor').innerText;"
+            " return t.includes('processing') || t.includes('queue:') }")
     give_up = time.monotonic() + LONG / 1000
     for _ in range(tries):
         page.mouse.move(cx - 20, cy)
@@ -219,14 +221,14 @@ def paint_across_the_middle(page, tries: int = 5) -> None:
         page.mouse.move(box["x"] + box["width"] + 40, cy)  # the cursor off the canvas
         wait_until = time.monotonic() + 15
         while time.monotonic() < min(wait_until, give_up):
-            if page.evaluate(busy):  # the editor hides its canvas while it hands the stroke to the server
+            if page.evaluate(busy):  # its canvas is hidden: the stroke cannot show yet
                 wait_until = time.monotonic() + 15
             elif shows_stroke_colour(page, cx, cy):
                 return
             time.sleep(0.5)
     if page.evaluate(busy):
-        raise AssertionError(f"the editor stayed 'processing' for {LONG // 1000} s after a stroke (Gradio's "
-                             "frontend never finished handing the canvas over)")
+        raise AssertionError(f"the editor stayed busy (queued / processing) for {LONG // 1000} s after a stroke "
+                             "(Gradio's frontend never finished handing the canvas over)")
     raise AssertionError(f"the editor showed no stroke after {tries} drags across it")
 
 
@@ -261,7 +263,8 @@ def bad_inputs_then_paint(page, server, inputs):
     assert f"small_mask.png is 50x40 but the video is {W}x{H}" in status(page, "mask-status", "50x40")
     # paint object 1 (the brush's default colour) across the middle of the frame, once the frame is in the editor
     page.wait_for_function("() => { const t = document.querySelector('#mask-editor').innerText;"
-                           " return t.includes('%') && !t.includes('select the draw tool') && !t.includes('processing') }")
+                           " return t.includes('%') && !t.includes('select the draw tool') && !t.includes('processing')"
+                           " && !t.includes('queue:') }")
     paint_across_the_middle(page)
     # then a GrabCut box around the red box (object 1 of the clip: rows 6-19, columns 6-23) as object 3
     # (Gradio maps a click to image pixels only once the shown image has loaded: wait for that before each click)
