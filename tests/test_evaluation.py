@@ -224,6 +224,22 @@ def test_a_multiprocessing_child_that_used_the_writer_exits(tmp_path):
     assert "exitcode 0" in proc.stdout, proc.stdout + proc.stderr
 
 
+def test_a_dead_writer_fails_its_video_and_the_next_video_gets_a_new_one(davis, net, tmp_path):
+    import os
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
+
+    from mavos.evaluation.finishing import writer_pool
+
+    record = DavisReader(davis, split="val").videos()[0]
+    os.kill(writer_pool().submit(os.getpid).result(), signal.SIGKILL)  # as the OOM killer would
+    with pytest.raises(BrokenProcessPool):
+        segment_video(net, record, protocol="davis", results_dir=tmp_path, progress=False)
+    result = segment_video(net, record, protocol="davis", results_dir=tmp_path, progress=False)
+    assert result.scorer.filled == len(result.scorer.plan.frames)
+    assert sorted(p.stem for p in (tmp_path / record.name).glob("*.png")) == record.frame_names
+
+
 def running(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie."""
     try:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from mavos.data.io import read_frame, read_mask, read_user_mask
 from mavos.data.records import DatasetError, VideoRecord
-from mavos.evaluation.finishing import FrameJob, finish_frame, writer_pool
+from mavos.evaluation.finishing import FrameJob, finish_frame, reset_writer_pool, writer_pool
 from mavos.inference.session import InferenceSession
 from mavos.metrics.protocols import ScorePlan, VideoScorer, ground_truth_path, plan_for_record, read_ground_truth
 from mavos.model.vos import VOSNetwork
@@ -229,7 +230,11 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
         if scored:
             job = replace(job, truth=str(ground_truth_path(record, index)), entries=tuple(plan.frames[index]),
                           **scoring)
-        scores = writer.submit(finish_frame, job).result()  # in the writer process; waiting releases the GIL
+        try:
+            scores = writer.submit(finish_frame, job).result()  # in the writer process; waiting releases the GIL
+        except BrokenProcessPool:  # its worker died (killed, out of memory): this video fails, the next gets a new one
+            reset_writer_pool()
+            raise
         if scored:
             scorer.record(index, scores)
 

@@ -98,7 +98,7 @@ def writer_pool() -> Executor:
 
 
 def reset_writer_pool() -> None:
-    """Shut the writer down (a broken pool, or at exit); the next ``writer_pool()`` starts a new one."""
+    """Shut the writer down (at exit, or after its worker died); the next ``writer_pool()`` starts a new one."""
     global _pool
     with _pool_lock:
         pool, _pool = _pool, None
