@@ -202,6 +202,16 @@ def test_two_sessions_upload_run_and_get_the_python_apis_masks(server, browser, 
     pages[1][0].close()
 
 
+# Gradio's status tracker over the editor: hidden (class "hide") unless an event that shows its progress there is
+# pending, queued or running. While one is, the tracker covers the canvas, at first showing only a timer
+# ("0.7s"), then "queue: 1/1 | ...", then "processing | ...", and a stroke drawn then is lost; so the test waits
+# for the tracker itself to hide, not for words in it. (With the editor as a progress target of the mask upload,
+# the tracker stayed "processing" for good after the refused mask in about 1 of 5 runs of this file: the app
+# now shows that event's progress on its status line, see mavos/demo/app.py.)
+EDITOR_IDLE = ("() => { const w = [...document.querySelectorAll('#mask-editor .wrap')];"
+               " return w.length > 0 && w.every(e => e.classList.contains('hide')) }")
+
+
 def paint_across_the_middle(page, tries: int = 5) -> None:
     """A brush stroke (object 1's colour) across the editor's middle, drawn again until the canvas shows it. On
     a loaded machine the editor can show the draw tool before its canvas listens: the drag then only selects
@@ -209,9 +219,6 @@ def paint_across_the_middle(page, tries: int = 5) -> None:
     box = page.locator("#mask-editor canvas").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     assert not shows_stroke_colour(page, cx, cy), "the frame has the stroke's colour already"
-    # the editor hides its canvas while an event that outputs to it is queued ("queue: 1/1 | ...") or running
-    busy = ("() => { const t = document.querySelector('#mask-editor').innerText;"
-            " return t.includes('processing') || t.includes('queue:') }")
     give_up = time.monotonic() + LONG / 1000
     for _ in range(tries):
         page.mouse.move(cx - 20, cy)
@@ -221,14 +228,14 @@ def paint_across_the_middle(page, tries: int = 5) -> None:
         page.mouse.move(box["x"] + box["width"] + 40, cy)  # the cursor off the canvas
         wait_until = time.monotonic() + 15
         while time.monotonic() < min(wait_until, give_up):
-            if page.evaluate(busy):  # its canvas is hidden: the stroke cannot show yet
+            if not page.evaluate(EDITOR_IDLE):  # its canvas is covered: the stroke cannot show yet
                 wait_until = time.monotonic() + 15
             elif shows_stroke_colour(page, cx, cy):
                 return
             time.sleep(0.5)
-    if page.evaluate(busy):
-        raise AssertionError(f"the editor stayed busy (queued / processing) for {LONG // 1000} s after a stroke "
-                             "(Gradio's frontend never finished handing the canvas over)")
+    if not page.evaluate(EDITOR_IDLE):
+        raise AssertionError(f"the editor stayed busy (an event's status over it) for {LONG // 1000} s after a "
+                             "stroke (Gradio's frontend never finished handing the canvas over)")
     raise AssertionError(f"the editor showed no stroke after {tries} drags across it")
 
 
@@ -263,8 +270,12 @@ def bad_inputs_then_paint(page, server, inputs):
     assert f"small_mask.png is 50x40 but the video is {W}x{H}" in status(page, "mask-status", "50x40")
     # paint object 1 (the brush's default colour) across the middle of the frame, once the frame is in the editor
     page.wait_for_function("() => { const t = document.querySelector('#mask-editor').innerText;"
-                           " return t.includes('%') && !t.includes('select the draw tool') && !t.includes('processing')"
-                           " && !t.includes('queue:') }")
+                           " return t.includes('%') && !t.includes('select the draw tool') }")
+    try:
+        page.wait_for_function(EDITOR_IDLE, timeout=60_000)
+    except Exception as e:  # playwright's TimeoutError
+        raise AssertionError("a status stayed over the mask editor for 60 s after the refused mask (nothing "
+                             "runs then): the canvas cannot be painted") from e
     paint_across_the_middle(page)
     # then a GrabCut box around the red box (object 1 of the clip: rows 6-19, columns 6-23) as object 3
     # (Gradio maps a click to image pixels only once the shown image has loaded: wait for that before each click)
