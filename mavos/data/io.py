@@ -96,6 +96,11 @@ def read_user_mask(path: str | Path) -> np.ndarray:
     return read_mask(path)
 
 
+def read_any_mask(path: str | Path, user_masks: bool) -> np.ndarray:
+    """A dataset's annotation (``read_mask``), or with ``user_masks`` a person's own (``read_user_mask``)."""
+    return read_user_mask(path) if user_masks else read_mask(path)
+
+
 def is_binary_mask_file(path: str | Path) -> bool:
     """Whether ``read_user_mask`` reads ``path`` as a 0/255 binary mask (one object)."""
     with Image.open(path) as img:

@@ -21,14 +21,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from mavos.data.io import read_frame, read_mask, read_user_mask
+from mavos.data.io import read_any_mask, read_frame
 from mavos.data.records import DatasetError, VideoRecord
 from mavos.evaluation.finishing import FrameJob, finish_frame, reset_writer_pool, writer_pool
 from mavos.inference.session import InferenceSession
@@ -71,7 +71,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def read_annotation(record: VideoRecord, path) -> np.ndarray:
     """An annotation as the model gets it: single-object benchmarks (LTV) binarise; user masks may be 0/255."""
-    mask = read_user_mask(path) if record.meta.get("user_masks") else read_mask(path)
+    mask = read_any_mask(path, bool(record.meta.get("user_masks")))
     return (mask > 0).astype(np.uint8) if record.meta.get("binarize") else mask
 
 
@@ -226,10 +226,9 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
             if write is not None and index in write else None
         if png is None and not scored:
             return
-        job = FrameJob(index, host_label(), png=None if png is None else str(png), video=record.name)
-        if scored:
-            job = replace(job, truth=str(ground_truth_path(record, index)), entries=tuple(plan.frames[index]),
-                          **scoring)
+        truth = dict(truth=str(ground_truth_path(record, index)), entries=tuple(plan.frames[index]),
+                     **scoring) if scored else {}
+        job = FrameJob(index, host_label(), png=None if png is None else str(png), video=record.name, **truth)
         try:
             scores = writer.submit(finish_frame, job).result()  # in the writer process; waiting releases the GIL
         except BrokenProcessPool:  # its worker died (killed, out of memory): this video fails, the next gets a new one

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mavos.data.io import read_mask, read_user_mask, write_mask
+from mavos.data.io import read_any_mask, write_mask
 from mavos.metrics.frame_scores import FrameScore, score_frame
 from mavos.metrics.region_boundary import DEFAULT_BOUND_TH
 
@@ -51,7 +51,7 @@ def finish_frame(job: FrameJob) -> list[FrameScore]:
         write_mask(Path(job.png), job.label)
     if job.truth is None:
         return []
-    truth = read_user_mask(job.truth) if job.user_masks else read_mask(job.truth)
+    truth = read_any_mask(job.truth, job.user_masks)
     return score_frame(job.label, truth, job.entries, binarize=job.binarize, bound_th=job.bound_th,
                        index=job.index, video=job.video, source=job.truth)
 

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from mavos.data.io import atomic_save, read_mask, read_user_mask
+from mavos.data.io import atomic_save, read_any_mask, read_mask
 from mavos.data.listing import read_json, read_lines
 from mavos.data.records import DatasetError, VideoRecord
 from mavos.metrics.frame_scores import VOID_ID, FrameScore, score_frame
@@ -202,7 +202,7 @@ def ground_truth_path(record: VideoRecord, index: int) -> Path:
 def read_ground_truth(record: VideoRecord, index: int) -> np.ndarray:
     """The ground truth of frame ``index`` (dense annotations where the record has them)."""
     path = ground_truth_path(record, index)
-    return read_user_mask(path) if record.meta.get("user_masks") else read_mask(path)
+    return read_any_mask(path, bool(record.meta.get("user_masks")))
 
 
 def read_result(results_dir: Path, video: str, stem: str, gt_path: str | Path, gt_shape: tuple[int, ...]) -> np.ndarray:
