@@ -5,8 +5,6 @@ the released files, copied from the official checkpoints' state dicts), filled w
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from mavos.checkpoints.convert import convert_official_state_dict, fit_to_model,
 from mavos.checkpoints.loading import load_network_weights
 from mavos.registry import build_network
 from mavos.model.backbone import SwinBEncoder
+from tests.conftest import ROOT, run_python
 
 KEY_LISTS = Path(__file__).resolve().parent / "data" / "checkpoint_keys"
 # Parameter counts of the official models (reference/MAVOS.md, counted on the official code).
@@ -165,7 +164,7 @@ def test_cli_refuses_wrong_shapes_and_bad_usage(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["convert", str(src), str(tmp_path / "o.ckpt")]) == 2
     # the module entry point runs as `python -m mavos.checkpoints`
-    proc = subprocess.run([sys.executable, "-m", "mavos.checkpoints"], capture_output=True, text=True)
+    proc = run_python(["-m", "mavos.checkpoints"], cwd=ROOT)
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 

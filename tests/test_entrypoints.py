@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mavos.data.io import read_mask
-from tests.conftest import SMALL_CLIPS, TINY_SYNTHETIC, run_script
+from tests.conftest import SMALL_CLIPS, TINY_SYNTHETIC, run_python, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -178,17 +178,14 @@ def test_score_only_on_ground_truth_gives_perfect_scores(tiny_root: Path, traine
 def test_checkpoint_names_its_network_and_refuses_another(tiny_root: Path):
     """A converted DeAOT checkpoint evaluates with no model=; model=mavos_mbv2 is refused naming both; a test gap
     is applied; an older checkpoint without its config loads when model= is given."""
-    import subprocess
-    import sys
-
     from mavos.inference.predictor import VideoPredictor
     from tests.test_checkpoints import fake_official_state
 
     official = tiny_root / "deaot_official.pth"
     torch.save({"state_dict": fake_official_state("deaot_mbv2")}, official)
     converted = tiny_root / "deaot.ckpt"
-    proc = subprocess.run([sys.executable, "-m", "mavos.checkpoints", "convert", str(official), str(converted),
-                           "model=deaot_mbv2"], capture_output=True, text=True, cwd=tiny_root)
+    proc = run_python(["-m", "mavos.checkpoints", "convert", str(official), str(converted), "model=deaot_mbv2"],
+                      cwd=tiny_root)
     assert proc.returncode == 0, proc.stderr
     common = [f"ckpt_path={converted}", *TINY_SYNTHETIC, "videos=1", "max_frames=4", "baseline=false"]
     out = _ok(run_script("evaluate.py", *common, f"results_dir={tiny_root / 'deaot_results'}", cwd=tiny_root))
@@ -238,16 +235,13 @@ def test_result_of_wrong_size_is_refused_with_the_file_named(tiny_root: Path, tr
 
 def test_converted_official_checkpoint_evaluates_and_fine_tunes(tiny_root: Path):
     """An official-format checkpoint -> `python -m mavos.checkpoints convert` -> evaluate.py and train.py init_from."""
-    import subprocess
-    import sys
-
     from tests.test_checkpoints import fake_official_state
 
     official = tiny_root / "official_mavos.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in fake_official_state("mavos_mbv2").items()}}, official)
     converted = tiny_root / "converted.ckpt"
-    proc = subprocess.run([sys.executable, "-m", "mavos.checkpoints", "convert", str(official), str(converted),
-                           "model=mavos_mbv2"], capture_output=True, text=True, cwd=tiny_root)
+    proc = run_python(["-m", "mavos.checkpoints", "convert", str(official), str(converted), "model=mavos_mbv2"],
+                      cwd=tiny_root)
     assert proc.returncode == 0, proc.stderr
     _ok(run_script("evaluate.py", f"ckpt_path={converted}", *TINY_SYNTHETIC, "videos=1", "baseline=false",
                    f"results_dir={tiny_root / 'converted_results'}", cwd=tiny_root))
@@ -356,15 +350,12 @@ def test_frame_folder_with_a_later_object(tiny_root: Path, trained: Path):
 
 
 def test_help_pages_are_short_and_say_what_to_do(tiny_root: Path):
-    import subprocess
-    import sys
-
     train = _ok(run_script("train.py", "--help", cwd=tiny_root)).stdout
     assert "Common commands" in train and "run_name=exp1 ckpt_path=last" in train and "model: " in train
     assert "_target_" not in train and len(train.splitlines()) < 80
     evaluate = _ok(run_script("evaluate.py", "--help", cwd=tiny_root)).stdout
     assert "ckpt_path=<checkpoint>" in evaluate and "Required" in evaluate and "_target_" not in evaluate
-    conv = subprocess.run([sys.executable, "-m", "mavos.checkpoints", "--help"], capture_output=True, text=True)
+    conv = run_python(["-m", "mavos.checkpoints", "--help"], cwd=tiny_root)
     assert conv.returncode == 0 and "convert" in conv.stdout and "model=" in conv.stdout
 
 

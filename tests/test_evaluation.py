@@ -13,7 +13,7 @@ import torch
 from mavos.data.davis import DavisReader
 from mavos.data.io import write_frame, write_mask
 from mavos.data.lvos import LVOSReader
-from mavos.data.records import DatasetError, VideoRecord, select_videos, truncate_record
+from mavos.data.records import DatasetError, select_videos, truncate_record
 from mavos.evaluation.evaluator import copy_first_frame_scores, segment_video
 from mavos.evaluation.run import load_progress, save_progress, speed_summary
 from mavos.metrics.jf import JFMetric
@@ -171,7 +171,6 @@ def test_a_frame_scored_in_the_writer_process_names_its_ground_truth_when_sizes_
 
 
 def test_the_writer_process_imports_no_torch_and_leaves_with_a_killed_parent(tmp_path):
-    import os
     import signal
     import subprocess
     import sys

@@ -5,8 +5,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 import torch
 
 from mavos.data.io import atomic_save, remove_stale_temporaries
-from tests.conftest import ROOT, SMALL_CLIPS, TINY_SYNTHETIC, run_script
+from tests.conftest import ROOT, SMALL_CLIPS, TINY_SYNTHETIC, run_env, run_python, run_script, start_python
 from tests.probes import checkpoint_state
 
 # 8 steps, a checkpoint (after a 1-video, 4-frame validation) every 2 steps, the recipe's EMA
@@ -32,13 +30,10 @@ def _ok(proc):
 
 
 def _env(root: Path, **extra) -> dict:
-    env = dict(os.environ, PROJECT_ROOT=str(root), WANDB_MODE="offline", WANDB_SILENT="true", PYTHONWARNINGS="ignore",
-               PYTHONPATH=str(ROOT), **extra)
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
+    return run_env(PROJECT_ROOT=str(root), **extra)
 
 
-def _wait_for(condition, proc: subprocess.Popen, timeout: float = 600, what: str = "") -> None:
+def _wait_for(condition, proc, timeout: float = 600, what: str = "") -> None:
     start = time.time()
     while not condition():
         if proc.poll() is not None:
@@ -65,9 +60,8 @@ def test_kill_9_then_ckpt_path_last_resumes_where_the_run_stopped(tmp_path: Path
     probe = tmp_path / "probe_killed"
     run = tmp_path / "logs/train/runs/killed"
     last = run / "checkpoints/last.ckpt"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *RUN, "logger=many", "run_name=killed",
-                             *_probe(probe)], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_python([str(ROOT / "train.py"), *RUN, "logger=many", "run_name=killed", *_probe(probe)],
+                        cwd=tmp_path, env=_env(tmp_path))
     _wait_for(last.is_file, proc, what="the first checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -113,8 +107,7 @@ def test_sigusr1_on_slurm_saves_a_checkpoint_requeues_and_the_requeued_job_resum
     args = [*TINY_SYNTHETIC, *SMALL_CLIPS, "trainer.max_steps=6", "trainer.val_check_interval=3",
             "data.val_videos=0", "logger=csv", "run_name=slurm"]
     probe = tmp_path / "probe"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, *_probe(probe)], cwd=tmp_path,
-                            env=_env(tmp_path, **slurm), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_python([str(ROOT / "train.py"), *args, *_probe(probe)], cwd=tmp_path, env=_env(tmp_path, **slurm))
     _wait_for(lambda: len(_steps(probe)) >= 2, proc, what="two training steps")
     proc.send_signal(signal.SIGUSR1)
     run = tmp_path / "logs/train/runs/slurm"
@@ -126,8 +119,8 @@ def test_sigusr1_on_slurm_saves_a_checkpoint_requeues_and_the_requeued_job_resum
     saved = checkpoint_state(hpc[-1])
     assert saved["global_step"] >= 2
     # the requeued job runs the same command: Lightning restores the hpc checkpoint from the run folder
-    _ok(subprocess.run([sys.executable, str(ROOT / "train.py"), *args, *_probe(probe)], cwd=tmp_path,
-                       env=_env(tmp_path, **slurm), capture_output=True, text=True, timeout=600))
+    _ok(run_python([str(ROOT / "train.py"), *args, *_probe(probe)], cwd=tmp_path, env=_env(tmp_path, **slurm),
+                   timeout=600))
     assert json.loads((probe / "start-1.json").read_text())["global_step"] == saved["global_step"]
     assert checkpoint_state(run / "checkpoints/last.ckpt")["global_step"] == 6
 

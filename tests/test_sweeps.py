@@ -3,19 +3,17 @@ with no PROJECT_ROOT set, and a sweep optimises and reports the validation J&F."
 from __future__ import annotations
 
 import csv
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SMALL_CLIPS, TINY_SYNTHETIC
+from tests.conftest import ROOT, SMALL_CLIPS, TINY_SYNTHETIC, run_env, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +42,9 @@ def fresh_copy(tmp_path_factory) -> Iterator[Path]:
 
 
 def run_sweep(root: Path, args: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
+    env = run_env()
     env.pop("PROJECT_ROOT", None)
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([sys.executable, str(root / "train.py"), *args], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = run_python([str(root / "train.py"), *args], cwd=root, env=env, timeout=900)
     assert proc.returncode == 0, f"{args}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 

@@ -8,7 +8,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mavos.registry import build_network
 from mavos.training.ema import RecipeEMA, RecipeEMAAverage, recipe_ema_decay, warmed_up_decay

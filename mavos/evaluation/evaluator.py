@@ -256,10 +256,10 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
                         warming = time.perf_counter()
                         session.warm_up(frame.shape[:2])  # compiling stays out of the model time
                         warmup_seconds = time.perf_counter() - warming
-                        probs = session.add_objects(on_device(frame), new)
+                        session.add_objects(on_device(frame), new)
                     else:
                         t0 = timer.start()
-                        probs = session.step(on_device(frame), new)
+                        session.step(on_device(frame), new)
                         timer.stop(t0)
                         timed += 1
                     if new is not None:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from mavos.checkpoints.loading import (build_checkpoint_network, load_state, network_state, read_checkpoint,
                                        resolve_network_config)
 from mavos.data.io import atomic_save, read_frame, read_mask
-from mavos.data.records import DatasetError, VideoRecord, select_videos
+from mavos.data.records import VideoRecord, select_videos
 from mavos.evaluation.evaluator import VideoResult, copy_first_frame_scores, segment_video
 from mavos.metrics.jf import JFMetric
 from mavos.metrics.protocols import (PROTOCOLS, ScorePlan, VideoScorer, plan_for_record, score_saved_video,
