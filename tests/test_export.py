@@ -1,6 +1,7 @@
 """python -m mavos.export: the exported per-frame step, run in onnxruntime over 30 frames with memory writes,
 matches PyTorch; growing memories and invalid sizes are refused with reasons."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,6 +109,27 @@ def test_torch_export_program_runs(net, tmp_path):
     want, _ = pytorch_reference(net, frames[:4].numpy(), mask)
     for got, w in zip(logits, want):
         assert np.abs(got.numpy()[:, :3] - w[:, :3]).max() < 1e-4
+
+
+def test_an_export_that_stops_half_way_leaves_no_manifest_and_no_partial_file(net, tmp_path, monkeypatch):
+    """Into a folder holding an earlier export: the write of the first graph dies half-way. The earlier manifest is
+    gone (its graphs were being replaced), the earlier graph files are untouched, nothing partial is left."""
+    from mavos.export import MANIFEST, export_steps
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / MANIFEST).write_text('{"graphs": {}}')
+    (out / "reference.pt2").write_bytes(b"an earlier export's graph")
+
+    def dies_half_way(program, path):
+        Path(path).write_bytes(b"the first bytes of a graph")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch.export, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        export_steps(net, (SIZE, SIZE), out, format="torch_export", long_term_gap=GAP)
+    assert sorted(p.name for p in out.iterdir()) == ["reference.pt2"]
+    assert (out / "reference.pt2").read_bytes() == b"an earlier export's graph"
 
 
 def test_growing_memory_export_is_refused(checkpoint, tmp_path):

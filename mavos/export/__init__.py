@@ -4,7 +4,9 @@
 
 ``export_steps(net, size, out_dir, format)`` writes ``reference``, ``step`` and ``step_write`` graphs
 (``.onnx`` files, or ``.pt2`` torch.export programs) and ``mavos_export.json``, which names every input and
-output and the memory schedule. Only fixed-size memories (MCA) export; see ``mavos.export.steps``.
+output and the memory schedule. Only fixed-size memories (MCA) export; see ``mavos.export.steps``. Every file is
+written beside its destination and renamed, and the manifest last: a folder holds a manifest only when the export
+it describes is complete (an export that stops half-way first removes the folder's earlier manifest).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from mavos.data.io import atomic_save, remove_stale_temporaries
 from mavos.export.steps import PropagationStep, ReferenceStep, inference_network, state_names
 from mavos.model.vos import VOSNetwork
 
@@ -75,6 +78,8 @@ def export_steps(net: VOSNetwork, size: tuple[int, int], out_dir: str | Path, fo
     net = inference_network(net.cpu())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # its graphs are about to be replaced
     layers = len(net.propagator.layers)
     long_names, short_names = state_names(layers, short_term=False), state_names(layers, long_term=False)
     graphs = {
@@ -97,10 +102,12 @@ def export_steps(net: VOSNetwork, size: tuple[int, int], out_dir: str | Path, fo
         path = out_dir / f"{name}{suffix}"
         with torch.no_grad():
             if format == "onnx":
-                torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
-                                  opset_version=opset, dynamo=True, external_data=False, verbose=False)
+                atomic_save(lambda tmp: torch.onnx.export(
+                    module, args, tmp, input_names=inputs, output_names=outputs, opset_version=opset, dynamo=True,
+                    external_data=False, verbose=False), path)
             else:
-                torch.export.save(torch.export.export(module, args), str(path))
+                program = torch.export.export(module, args)
+                atomic_save(lambda tmp: torch.export.save(program, tmp), path)
         files[name] = {"file": path.name, "inputs": inputs, "outputs": outputs}
     gap = int(long_term_gap or net.memory.test_gap)
     manifest = {
@@ -113,5 +120,5 @@ def export_steps(net: VOSNetwork, size: tuple[int, int], out_dir: str | Path, fo
         "mask": "int64 (B, H, W) object ids, 0 = background; output mask = argmax of the logits upsampled",
         "logits": "float32 (B, 1 + max_objects, H/4+1, W/4+1) (stride 4); ids above num_objects hold -1e10",
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    atomic_save(lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)), out_dir / MANIFEST)
     return manifest
