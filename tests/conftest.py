@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny embedded benchmark, the Hydra overrides that point runs at it, and how tests start\n``python`` (a prewarmed interpreter where it can: tests/prewarmed.py)."""
+"""Shared fixtures: a tiny embedded benchmark, the Hydra overrides that point runs at it, and how tests start
+``python`` (a prewarmed interpreter where it can: tests/prewarmed.py)."""
 from __future__ import annotations
 
 import os
@@ -34,7 +35,8 @@ def run_script(script: str, *overrides: str, cwd: Path, timeout: int = 600) -> s
     return run_python([str(ROOT / script), *overrides], cwd=cwd, env=run_env(PROJECT_ROOT=str(cwd)), timeout=timeout)
 
 
-def run_python(argv: list[str], cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_python(argv: list[str], cwd: Path, env: dict | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
     """``python <argv>`` (a script and its arguments, or ``-m module ...``), its output captured, as
     ``subprocess.run`` gives it."""
     proc = start_python(argv, cwd, env)

@@ -48,7 +48,7 @@ def _become(request: dict) -> None:
     import runpy
 
     argv = request["argv"]
-    if argv[0] == "-m":  # python -m module ...: argv[0] becomes the module's file; the working directory leads sys.path
+    if argv[0] == "-m":  # python -m module: argv[0] becomes the module's file, the working directory leads sys.path
         sys.argv = ["-m", *argv[2:]]
         sys.path[0] = os.getcwd()
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
