@@ -57,13 +57,13 @@ def start_python(argv: list[str], cwd: Path, env: dict | None = None):
     """
     args = [sys.executable, *argv]
     env = run_env() if env is None else env
-    if os.environ.get("MAVOS_TEST_FRESH_INTERPRETERS") == "1" or not hasattr(os, "fork") or sys.platform != "linux":
-        return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if not _server or _server[0].proc.poll() is not None:
+    forking = os.environ.get("MAVOS_TEST_FRESH_INTERPRETERS") != "1" and sys.platform == "linux"
+    if forking and (not _server or _server[0].proc.poll() is not None):
         _server[:] = [prewarmed.Server(str(ROOT), run_env())]
-    if not _server[0].serves(env):  # a variable read when the preloaded libraries load differs: a new interpreter
-        return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return _server[0].start(args, str(cwd), env)
+    # a run whose variables read as the preloaded libraries load differ from the server's needs a new interpreter
+    if forking and _server[0].serves(env):
+        return _server[0].start(args, str(cwd), env)
+    return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 _server: list[prewarmed.Server] = []

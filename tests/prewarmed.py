@@ -6,8 +6,8 @@ Lightning, and the suite starts them some forty times. The server below imports 
 run's working directory, environment, ``sys.argv`` and standard streams and runs the script (or ``-m`` module) as
 ``__main__``, as ``python ...`` would, and exits through the interpreter's normal shutdown (atexit handlers,
 non-daemon threads). Forking here is safe for the reason a DataLoader worker's fork is: the server has run no
-torch op and has no Python thread (the BLAS pools that numpy / scipy start register their own fork handlers);
-both are checked before it serves. What a fork cannot change is what the preloaded libraries read as they
+torch op and has no Python thread (the BLAS pools that numpy / scipy start register their own fork handlers;
+the thread count is checked before it serves, and so is that no library holds a temporary folder). What a fork cannot change is what the preloaded libraries read as they
 loaded: a run whose environment differs from the server's in such a variable (``IMPORT_TIME``: thread pools,
 ``PYTHON*``, the loader) is given a fresh interpreter by ``tests/conftest.py``, as is every run with
 ``MAVOS_TEST_FRESH_INTERPRETERS=1`` or on a platform other than Linux.
@@ -19,9 +19,18 @@ server runs one child at a time.
 """
 from __future__ import annotations
 
+import gc
+import importlib
 import json
 import os
+import runpy
+import select
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
+import time
 
 # Not wandb: it makes a media folder at import and removes it when the process exits, so the first child to end
 # would take it away from every later one (checked below for any preloaded library).
@@ -45,8 +54,6 @@ def _become(request: dict) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    import runpy
-
     argv = request["argv"]
     if argv[0] == "-m":  # python -m module: argv[0] becomes the module's file, the working directory leads sys.path
         sys.argv = ["-m", *argv[2:]]
@@ -60,11 +67,6 @@ def _become(request: dict) -> None:
 
 
 def serve() -> None:
-    import gc
-    import importlib
-    import tempfile
-    import threading
-
     for name in PRELOADED:
         importlib.import_module(name)
     if threading.active_count() != 1:
@@ -90,8 +92,6 @@ class Server:
     """The test side: one server process for the session, started on first use."""
 
     def __init__(self, root: str, env: dict):
-        import subprocess
-
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.prewarmed"], cwd=root, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.env, self.pending = env, b""
@@ -103,9 +103,6 @@ class Server:
 
     def reply(self, deadline: float | None) -> dict | None:
         """The server's next reply; None when ``deadline`` (``time.monotonic``) passes first."""
-        import select
-        import time
-
         while b"\n" not in self.pending:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not select.select([self.proc.stdout], [], [], wait)[0]:
@@ -118,19 +115,20 @@ class Server:
         return json.loads(line)
 
     def start(self, args: list[str], cwd: str, env: dict) -> Run:
-        """Fork ``args`` (``[sys.executable, ...]``, as for Popen); a run left running by a failed test is killed
-        first."""
-        if self.active is not None and self.active.poll() is None:
-            self.active.kill()
-            self.active.wait()
+        """Fork ``args`` (``[sys.executable, ...]``, as for Popen)."""
+        self._end_active()
         self.active = Run(self, args, cwd, env)
         return self.active
 
-    def close(self) -> None:
-        """End of input: the server leaves its loop and exits."""
+    def _end_active(self) -> None:
+        """The server runs one child at a time: kill one still running (left so by a failed test) and reap it."""
         if self.active is not None and self.active.poll() is None:
             self.active.kill()
             self.active.wait()
+
+    def close(self) -> None:
+        """End of input: the server leaves its loop and exits."""
+        self._end_active()
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
 
@@ -139,8 +137,6 @@ class Run:
     """One forked run, used as ``subprocess.Popen(..., stdout=PIPE, stderr=PIPE, text=True)`` is."""
 
     def __init__(self, server: Server, args: list[str], cwd: str, env: dict):
-        import tempfile
-
         self.server, self.args, self.returncode, self._text = server, args, None, None
         self._tmp = tempfile.TemporaryDirectory(prefix="mavos-run-")
         self._out, self._err = os.path.join(self._tmp.name, "stdout"), os.path.join(self._tmp.name, "stderr")
@@ -150,9 +146,6 @@ class Run:
         self.pid = server.reply(None)["pid"]
 
     def wait(self, timeout: float | None = None) -> int:
-        import subprocess
-        import time
-
         if self.returncode is None:
             done = self.server.reply(None if timeout is None else time.monotonic() + timeout)
             if done is None:
@@ -161,8 +154,6 @@ class Run:
         return self.returncode
 
     def poll(self) -> int | None:
-        import subprocess
-
         try:
             return self.wait(0)
         except subprocess.TimeoutExpired:
@@ -173,8 +164,6 @@ class Run:
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
-        import signal
-
         self.send_signal(signal.SIGKILL)
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
