@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The open questions of the compiled MobileNetV2 step on one CUDA GPU, in one call of under 10 minutes:
-#   bash experiments/gpu_probe.sh OUT_DIR [bf16|fp32]
+#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [bf16|fp32]
 # 1. the compiled step at 480p in PRECISION (default bf16; fp32 = strict, TF32 off), three ways, each in its own
-#    process with a kernel profile: as landed (every depthwise convolution a fused sum of shifted slices), the
+#    process with a kernel profile: as landed (one compiled function a frame, every depthwise convolution a fused
+#    sum of shifted slices; with COMPARE_WITH, a checkout of older code alternates with it frame by frame in the
+#    same process, e.g. 03990db's three graphs a frame: `git archive 03990db mavos conf | tar -x -C DIR`), the
 #    propagation's 5x5s on PyTorch's kernel (--fused-depthwise 3), and inductor writing the 5x5s' input out
 #    once instead of recomputing it in every tap (--inductor realize_reads_threshold=1);
 # 2. (bf16 only) the compiled step at the embedded benchmark's size, then evaluate.py over that benchmark
@@ -26,9 +28,13 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
   step environment
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-  for VARIANT in "" "--fused-depthwise 3" "--inductor realize_reads_threshold=1"; do
-    step "compiled $PRECISION 480p ${VARIANT:-as landed}"
-    timeout 150 $SB --size 480x854 --precision "$PRECISION" --compile --frames 400 --warmup 35 --max-seconds 20 \
+  FIRST=" "
+  [ -n "${COMPARE_WITH:-}" ] && FIRST="--compare-with $COMPARE_WITH"
+  for VARIANT in "$FIRST" "--fused-depthwise 3" "--inductor realize_reads_threshold=1"; do
+    NAME=$VARIANT LIMIT=150
+    if [ "$VARIANT" = "$FIRST" ]; then NAME="as landed $VARIANT"; [ -n "${COMPARE_WITH:-}" ] && LIMIT=240; fi
+    step "compiled $PRECISION 480p $NAME"
+    timeout $LIMIT $SB --size 480x854 --precision "$PRECISION" --compile --frames 400 --warmup 35 --max-seconds 20 \
       --profile 10 $VARIANT 2>&1 | keep | head -n 30
   done
   if [ "$PRECISION" = bf16 ]; then

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="another checkout whose mavos package runs alongside this one, frame by frame")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="afterwards, N more frames of this checkout under torch.profiler: where the time goes "
-                         "(encoder, propagation, decoder, memorizing, the rest of the session) and the top ops")
+                         "(encoder, propagation, decoder, identity, memory write, the rest of the session; eagerly) "
+                         "and the top ops")
     ap.add_argument("--cudnn-benchmark", action="store_true",
                     help="torch.backends.cudnn.benchmark = True: cuDNN times its convolution algorithms once per "
                          "shape and keeps the fastest")
@@ -358,7 +359,10 @@ def agreement(reference, other) -> dict:
             "label_diff": float((a.argmax(0) != b.argmax(0)).float().mean())}
 
 
-PARTS = {"encoder": "encode", "propagation": "propagator", "decoder": "decoder", "identity + fuse": "memorize"}
+# each part of a frame: the network's methods or modules timed under its name (the memory write: the step's)
+PARTS = {"encoder": [("net", "encode")], "propagation": [("module", "propagator")],
+         "decoder": [("module", "decoder")], "identity": [("net", "identity"), ("net", "fuse_identity")],
+         "memory write": [("step", "write")]}
 
 
 # the ops whose FLOPs torch.profiler counts (with_flops) and that hold a step's arithmetic: their rate says how
@@ -389,21 +393,26 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
         return pre, post
 
     stack: list = []
-    for part, attr in PARTS.items():
+    # compiled, the parts run inside one compiled function: only the frame and the kernels are timed
+    compiled = getattr(step, "disabled", "eager") is None  # a CompiledFrameStep that has not fallen back
+    for part, places in ({} if compiled else PARTS).items():
         pre, post = label(part)
-        if attr in ("propagator", "decoder"):
-            module = getattr(net, attr)
-            hooks += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-        else:
-            originals[attr] = getattr(step, attr)
+        for owner, attr in places:
+            if owner == "module":
+                module = getattr(net, attr)
+                hooks += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+                continue
+            target = net if owner == "net" else step
+            original = getattr(target, attr)
 
-            def wrapped(*a, _f=originals[attr], _pre=pre, _post=post, **k):
+            def wrapped(*a, _f=original, _pre=pre, _post=post, **k):
                 _pre()
                 try:
                     return _f(*a, **k)
                 finally:
                     _post()
-            setattr(step, attr, wrapped)
+            setattr(target, attr, wrapped)
+            originals[(id(target), attr)] = target
     start = session.frame_index + 1
     try:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -417,8 +426,8 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
     finally:
         for h in hooks:
             h.remove()
-        for attr in originals:
-            delattr(step, attr)  # the instance attribute goes; the class's method shows through again
+        for (_, attr), target in originals.items():
+            delattr(target, attr)  # the instance attribute goes; the class's method shows through again
     events = {e.key: e for e in prof.key_averages()}
     # on a GPU the kernels' time (the host only launches them); on a CPU the host's time
     on_gpu = session.device.type == "cuda" and getattr(events["frame"], "device_time_total", 0) > 0

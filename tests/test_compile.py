@@ -42,7 +42,7 @@ def eager(net, video):
 
 
 def test_compiled_step_equals_eager_over_30_frames(net, video, eager):
-    """torch.compile (inductor) of encoder, propagation and memory writes: 30 frames, 9 memory writes."""
+    """torch.compile (inductor) of the whole frame and of the memory writes: 30 frames, 9 memory writes."""
     session = InferenceSession(net, long_term_gap=GAP, compile=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no fallback warning: it really compiled
@@ -50,7 +50,7 @@ def test_compiled_step_equals_eager_over_30_frames(net, video, eager):
         compiled = run(session, video)
     step = session.step_functions
     assert isinstance(step, CompiledFrameStep) and step.disabled is None
-    assert set(step._compiled) == {"encode", "propagate", "memorize", "memorize_write"}
+    assert set(step._compiled) == {"segment", "write"}
     assert (compiled - eager).abs().max() < 1e-4
 
 
@@ -60,7 +60,7 @@ def test_cuda_graph_path_clones_outputs(net, video, eager):
     session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
     session.step_functions.cudagraphs = True
     out = run(session, video, frames=10)  # writes at 3 (first), 6 and 9 (fused, compiled)
-    assert session.step_functions.disabled is None and "memorize_write" in session.step_functions._compiled
+    assert session.step_functions.disabled is None and "write" in session.step_functions._compiled
     assert (out - eager[:9]).abs().max() < 1e-5
 
 
@@ -73,13 +73,35 @@ def test_warm_up_compiles_every_step_before_the_video(net, video, eager):
     step = session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
     step.cudagraphs = True  # the CUDA-graph dispatch path, as on a GPU
     session.warm_up((SIZE, SIZE))
-    assert set(step._compiled) == {"encode", "propagate", "memorize", "memorize_write"}
+    assert set(step._compiled) == {"segment", "write"}
     graphs = counters["stats"]["unique_graphs"]
     out = run(session, video)
     assert counters["stats"]["unique_graphs"] == graphs  # no new graph: nothing was compiled while timed
     assert step.disabled is None and (out - eager).abs().max() < 1e-4
     session.warm_up((SIZE, SIZE))  # once per size: the second call does no work
     assert counters["stats"]["unique_graphs"] == graphs and len(step.warmed) == 1
+
+
+def test_a_regular_frame_is_one_compiled_call_and_a_memory_write_frame_two(net, video, eager):
+    """Once the memory is full, each frame runs ``segment`` compiled once (encoder, propagation, decoder, the
+    label, the frame's identity), and every GAP-th frame also ``write``; nothing of the step runs eagerly."""
+    session = InferenceSession(net, long_term_gap=GAP, compile=True)
+    step = session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
+    session.warm_up((SIZE, SIZE))
+    calls = []
+    for name, fn in list(step._compiled.items()):
+        step._compiled[name] = lambda *args, _name=name, _fn=fn: calls.append((frame, _name)) or _fn(*args)
+    vid, mask = video
+    session.add_objects(vid[0], mask)
+    outs = []
+    for frame in range(1, 13):
+        outs.append(session.step(vid[frame]).clone())
+    # frames 1-3 run eagerly (the recurrent slot is empty until the write at frame 3); from frame 4 on the
+    # memory is full: one call a frame, and a second at the writes of frames 6, 9 and 12
+    expected = [(f, "segment") for f in range(4, 13)]
+    expected += [(f, "write") for f in (6, 9, 12)]
+    assert sorted(calls) == sorted(expected)
+    assert (torch.stack(outs) - eager[:12]).abs().max() < 1e-4
 
 
 def test_sessions_share_one_compiled_step(net):

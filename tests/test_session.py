@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from mavos.inference.session import InferenceSession, inference_size, soft_aggregate
+from mavos.inference.session import InferenceSession, inference_size
+from mavos.inference.step import soft_aggregate
 from mavos.registry import build_network
 
 

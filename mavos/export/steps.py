@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mavos.inference.step import logit_fill, memorize, propagate
-from mavos.inference.tracker import ids_to_one_hot
+from mavos.inference.step import ids_to_one_hot, logit_fill, memorize, propagate
 from mavos.model.memory import MemoryState
 from mavos.model.propagation import LayerMemory
 from mavos.model.vos import VOSNetwork

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mavos.inference.step import CompiledFrameStep, FrameStep
-from mavos.inference.tracker import ObjectTracker, ids_to_one_hot, one_hot_mask
+from mavos.inference.step import CompiledFrameStep, FrameLayout, FrameStep, group_one_hots
+from mavos.inference.tracker import ObjectTracker, one_hot_mask
 from mavos.model.vos import VOSNetwork
 
 AMP_DTYPES = {None: None, "none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -54,25 +54,11 @@ def inference_size(height: int, width: int, max_long_edge: float | None = 1040, 
     return out[0], out[1]
 
 
-def soft_aggregate(group_logits: list[torch.Tensor], group_sizes: list[int]) -> torch.Tensor:
-    """Merge per-group logits (1, 1+N, H, W) into (1, 1+K, H, W) logits: background = product of the
-    groups' background probabilities, each object keeps its group's probability."""
-    if len(group_logits) == 1:
-        return group_logits[0][:, : group_sizes[0] + 1]
-    bg, fg = [], []
-    for logits, n in zip(group_logits, group_sizes):
-        prob = torch.softmax(logits, dim=1)
-        bg.append(prob[:, :1])
-        fg.append(prob[:, 1:1 + n])
-    merged = torch.cat([torch.cat(bg, 1).prod(dim=1, keepdim=True)] + fg, dim=1).clamp(1e-5, 1 - 1e-5)
-    return torch.logit(merged)
-
-
 class InferenceSession:
     """One video. ``add_objects(frame, mask)`` on the first frame, then ``step(frame)`` per frame
     (``step(frame, mask)`` when new objects appear in ``mask``). Both return probabilities
     (1 + K, H, W) at the frame's own resolution, K = highest object id so far; the tensor is a view of a
-    (H, W, 1 + K) channels-last tensor (``probs.argmax(0)`` is then fast), on the session's device.
+    channels-last (H, W, C) tensor, C >= 1 + K (``probs.argmax(0)`` is then fast), on the session's device.
     ``last_mask`` holds the (H, W) int64 object ids of the last frame (the argmax the session computed).
 
     frame, any of:
@@ -81,8 +67,9 @@ class InferenceSession:
         ``F.interpolate(mode="bicubic")``: a decoder may hand over frames already on the GPU);
       - (H, W, 3) float numpy array (0-255, or 0-1 when its maximum is <= 1) or float tensor in [0, 1].
     mask: (H, W) integer object ids (0 = background), numpy or torch.
-    compile: run the per-frame step compiled (``CompiledFrameStep``, shared by all sessions of the network):
-      needs a fixed-size memory (MCA); otherwise, or where compiling fails, one warning and eager execution.
+    compile: run the per-frame step compiled (``CompiledFrameStep``, shared by all sessions of the network: a
+      frame is one compiled function, ``segment``, and a memory write one more): needs a fixed-size memory
+      (MCA); otherwise, or where compiling fails, one warning and eager execution.
       Compiled functions are specialised to the frame size: each new inference size compiles again.
     tf32: TF32 for float32 work on CUDA (true), strict float32 (false), torch's defaults (null); see ``set_tf32``:
       process-wide, so give every session of a process the same value.
@@ -164,24 +151,17 @@ class InferenceSession:
             raise ValueError(f"mask is {tuple(m.shape)} but the frames are {self.frame_size}")
         return m.to(self.device)
 
-    def _group_one_hots(self, label: torch.Tensor, view: int) -> list[torch.Tensor]:
-        """Full-resolution label -> per-group one-hot at inference size for one view."""
-        small = label[None]
-        if self.input_size != self.frame_size:
-            small = F.interpolate(label[None, None].float(), size=self.input_size, mode="nearest")[:, 0].long()
-        if view == 1:
-            small = small.flip(-1)
-        # Eagerly, each group's one-hot holds its 1 + n used identities only (the ID bank skips the absent ones);
-        # compiled, all 1 + max_objects, so that the object count never changes a compiled function's shapes.
-        sizes = self._group_sizes()
-        if len(sizes) == 1:
-            return [ids_to_one_hot(small, self.group_size if self.compile else sizes[0])]
-        out = []
-        for g, n in enumerate(sizes):
-            lo = g * self.group_size
-            local = torch.where((small > lo) & (small <= lo + n), small - lo, torch.zeros_like(small))
-            out.append(ids_to_one_hot(local, self.group_size if self.compile else n))
-        return out
+    def _layout(self) -> FrameLayout:
+        """This video's constants for the step's functions. Eagerly, a group's one-hot and logits hold its 1 + n
+        used identities only (the ID bank skips the absent ones; resizing and the softmax touch fewer channels).
+        Compiled, one group carries all 1 + max_objects identities (the absent ones' logits are masked to a
+        probability of exactly 0), so that the object count never changes a compiled function's shapes; with
+        more objects than the ID bank holds, each composition of groups compiles once."""
+        sizes = tuple(self._group_sizes())
+        if self.compile and len(sizes) == 1:
+            sizes = (self.group_size,)
+        return FrameLayout(self.input_size, self.frame_size, sizes, self.group_size if self.compile else None,
+                           self.net.align_corners)
 
     def _reference(self, inputs: torch.Tensor, label: torch.Tensor, encoded: list | None = None) -> None:
         """Make ``label`` every group's reference; ``encoded``: the views' encodings when the step already has them."""
@@ -190,16 +170,9 @@ class InferenceSession:
             enc = encoded[v] if encoded is not None else self.step_functions.encode(inputs[v:v + 1])
             while len(trackers) < len(sizes):
                 trackers.append(ObjectTracker(self.net, [0], self.long_term_gap, step=self.step_functions))
-            for tracker, n, one_hot in zip(trackers, sizes, self._group_one_hots(label, v)):
+            for tracker, n, one_hot in zip(trackers, sizes, group_one_hots(label, self._layout(), v == 1)):
                 tracker.num_objects = [n]
                 tracker.reference(enc, one_hot, frame_index=self.frame_index)
-
-    def _frame_logits(self, logits: torch.Tensor, n: int) -> torch.Tensor:
-        """A group's stride-4 logits -> its 1 + n used channels at frame resolution (1, 1 + n, H, W), channels
-        first: with a few channels, bilinear resizing and the softmax over them run 4-10x faster in this layout
-        than channels-last on the CPU (measured at 481x849, 2 channels: 1.2 vs 5.3 ms and 1.6 vs 20 ms)."""
-        logits = logits[:, : n + 1].float().contiguous()
-        return F.interpolate(logits, size=self.frame_size, mode="bilinear", align_corners=self.net.align_corners)
 
     # ---------------------------------------------------------------- API
     @torch.no_grad()
@@ -226,33 +199,23 @@ class InferenceSession:
                 raise RuntimeError("call add_objects(frame, mask) with the first mask before step()")
             return self.add_objects(frame, mask)
         inputs = self._to_input(frame)
+        new = self._mask_tensor(mask) if mask is not None else None
         self.frame_index += 1
-        sizes = self._group_sizes()
-        probs = 0
-        encoded = []
+        layout = self._layout()
+        states = [[tracker.state(self.device) for tracker in trackers] for trackers in self.views]
         with self._autocast():
-            for v, trackers in enumerate(self.views):
-                enc = self.step_functions.encode(inputs[v:v + 1])
-                encoded.append(enc)
-                logits = [self._frame_logits(t.propagate(enc), n) for t, n in zip(trackers, sizes)]
-                merged = soft_aggregate(logits, sizes)
-                if v == 1:
-                    merged = merged.flip(-1)
-                probs = probs + torch.softmax(merged[0], dim=0) / len(self.views)
-            # the argmax over the innermost dimension of a channels-last copy: argmax(0) over a channels-first
-            # (1 + K, H, W) tensor is ~20x slower on the CPU (73 vs 3.9 ms at 481x849)
-            probs = probs.permute(1, 2, 0).contiguous()
-            label = probs.argmax(dim=-1)
-            new = self._mask_tensor(mask) if mask is not None else None
-            if new is not None and int(new.max()) > 0:
+            if new is not None and int(new.max()) > 0:  # new objects: this frame becomes a reference
+                _, label, encoded, _ = self.step_functions.predict(inputs, states, layout)
                 label = torch.where(new > 0, new, label)
                 self.num_objects = max(self.num_objects, int(label.max()))
                 self._reference(inputs, label, encoded)
                 self.last_mask = label
                 return one_hot_mask(label[None], self.num_objects)[0]
-            for v, trackers in enumerate(self.views):
-                for tracker, one_hot in zip(trackers, self._group_one_hots(label, v)):
-                    tracker.memorize(one_hot)
+            probs, label, short_terms = self.step_functions.segment(inputs, states, layout)
+            probs = probs[..., : self.num_objects + 1]
+            for trackers, view_terms in zip(self.views, short_terms):
+                for tracker, short_term in zip(trackers, view_terms):
+                    tracker.store(short_term, frame_index=self.frame_index)
         self.last_mask = label
         return probs.permute(2, 0, 1)
 

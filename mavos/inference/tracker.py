@@ -1,14 +1,15 @@
 """ObjectTracker: the memory state of one group of <= max_objects objects over a batch of videos.
 
-This is the single code path that training (batched clips) and inference (one video, possibly several
-object groups) share: reference -> (propagate -> memorize)*. It owns the long-term memory state, the
+Training (batched clips) and inference (one video, possibly several object groups) share it: reference, then
+per frame either ``propagate`` -> ``memorize`` (training) or ``state`` -> the session's ``segment`` of the whole
+frame -> ``store`` (``InferenceSession``); both end in ``store``. It owns the long-term memory state, the
 short-term memory (previous frame) and the long-term gap bookkeeping; the network stays stateless.
 """
 from __future__ import annotations
 
 import torch
 
-from mavos.inference.step import FrameStep, logit_fill
+from mavos.inference.step import FrameStep, GroupState, ids_to_one_hot, logit_fill
 from mavos.model.memory import MemoryState
 from mavos.model.propagation import LayerMemory, PendingMemory
 from mavos.model.vos import EncodedFrame, VOSNetwork
@@ -19,13 +20,6 @@ def one_hot_mask(mask: torch.Tensor, max_objects: int) -> torch.Tensor:
     if mask.numel() and int(mask.max()) > max_objects:
         raise ValueError(f"mask holds object id {int(mask.max())} but the ID bank holds {max_objects} objects")
     return ids_to_one_hot(mask, max_objects)
-
-
-def ids_to_one_hot(mask: torch.Tensor, max_objects: int) -> torch.Tensor:
-    """``one_hot_mask`` without the check (no host synchronisation): for ids known to be in range. The result
-    is channels-last, the layout the ID bank's convolution runs fastest in."""
-    classes = torch.arange(max_objects + 1, device=mask.device)
-    return (mask.long()[..., None] == classes).permute(0, 3, 1, 2).float()
 
 
 class ObjectTracker:
@@ -118,9 +112,25 @@ class ObjectTracker:
         it becomes the short-term memory, and enters long-term memory every ``long_term_gap`` frames."""
         if self.pending is None:
             raise RuntimeError("ObjectTracker.memorize needs a propagated frame")
+        self.store(self.step.memorize(self.pending, self._permute_ids(one_hot), self.size), write_long_term)
+
+    def state(self, device: torch.device) -> GroupState:
+        """The memory the next frame attends to (what ``FrameStep.segment`` reads for this group)."""
+        if self.memory is None:
+            raise RuntimeError("ObjectTracker.state called before any reference frame")
+        return GroupState(self.memory.readout, self.short_term, self.keep_mask(device))
+
+    def store(self, short_term: list[LayerMemory], write_long_term: bool = True,
+              frame_index: int | None = None) -> None:
+        """Keep the memory of a segmented frame (identity fused): it becomes the short-term memory, and
+        enters long-term memory every ``long_term_gap`` frames. ``frame_index``: the frame's index, when the
+        caller segmented it without ``propagate`` (``InferenceSession``, whose ``segment`` does both)."""
+        if frame_index is not None:
+            self.frame_index = frame_index
         due = self.frame_index - self.last_memory_frame >= self.long_term_gap
-        self.short_term, self.memory = self.step.memorize(self.pending, self._permute_ids(one_hot), self.size,
-                                                          self.memory, due and write_long_term)
+        if due and write_long_term:
+            self.memory = self.step.write(self.memory, short_term, self.size)
+        self.short_term = short_term
         self.pending = None
         if due:
             self.last_memory_frame = self.frame_index
