@@ -439,12 +439,18 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
     lines = [f"profile: {frames} frames ({writes} memory writes), {1000 * wall / frames:.1f} ms/frame under the "
              f"profiler" + (f", of which {total:.2f} ms in kernels (the rest: the GPU waits for the host)"
                             if on_gpu else "")]
+    if compiled:
+        regions, outside = host_work(prof)
+        lines.append(f"  compiled calls per frame: {regions / frames:.1f}; torch ops outside them per frame: "
+                     f"{outside / frames:.1f} (views included; on a GPU each one that computes is a launch of its "
+                     f"own; the parts of the step run inside the compiled calls and are not timed apart)")
     accounted = 0.0
-    for part in PARTS:
+    for part in ([] if compiled else PARTS):
         ms = per_frame(events[part]) if part in events else 0.0
         accounted += ms
         lines.append(f"  {part:<16}{ms:8.1f} ms  {100 * ms / total:5.1f}%")
-    lines.append(f"  {'rest of session':<16}{total - accounted:8.1f} ms  {100 * (total - accounted) / total:5.1f}%")
+    if not compiled:
+        lines.append(f"  {'rest of session':<16}{total - accounted:8.1f} ms  {100 * (total - accounted) / total:5.1f}%")
     lines.append("  top ops by self time:")
     ops = sorted((e for e in prof.key_averages() if e.key not in PARTS and e.key != "frame"),
                  key=lambda e: -self_time(e))[:24 if on_gpu else 12]
@@ -471,6 +477,27 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
                  f"{sum(r['gflops'] * r['ms_per_frame'] for r in rated) / max(matmul_ms, 1e-9):.0f} GFLOP/s; the "
                  f"rest: {total - matmul_ms:.1f} ms")
     return "\n".join(lines), rated
+
+
+def host_work(prof) -> tuple[int, int]:
+    """Compiled calls, and outermost torch ops run outside them (not counting the ops a torch op calls), in a
+    profile of a compiled session."""
+    def compiled_region(event) -> bool:
+        return event.name.startswith("Torch-Compiled Region")
+
+    regions = outside = 0
+    for event in prof.events():
+        if compiled_region(event):
+            regions += 1
+            continue
+        if not event.name.startswith("aten::"):
+            continue
+        parent, nested = event.cpu_parent, False
+        while parent is not None and not nested:
+            nested = compiled_region(parent) or parent.name.startswith("aten::")
+            parent = parent.cpu_parent
+        outside += not nested
+    return regions, outside
 
 
 def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> dict:

@@ -55,6 +55,24 @@ def test_tiny_run_writes_the_curve_and_rates_the_attention_matmuls(benchmark, tm
         assert r["gflops"] > 0 and r["fraction_of_peak"] == pytest.approx(r["gflops"] / summary["peak_gflops"])
 
 
+def test_host_work_counts_compiled_calls_and_the_torch_ops_outside_them(benchmark):
+    """The compiled profile's host count: two calls of a compiled function (whose own ops do not count) and
+    three torch ops outside it, one of which calls other torch ops (counted once)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    double_plus_one = torch.compile(lambda x: torch.relu(x * 2 + 1), backend="eager", dynamic=False)
+    x = torch.randn(8, 8)
+    double_plus_one(x)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        y = double_plus_one(x)
+        y = double_plus_one(y)
+        z = torch.add(y, 1)
+        z = torch.nn.functional.layer_norm(z, (8,))  # calls native_layer_norm (and more) inside
+        z.sum()
+    assert benchmark.host_work(prof) == (2, 3)
+
+
 def test_compiler_settings_reach_inductor_and_the_depthwise_layers(benchmark, monkeypatch):
     """--inductor KEY=VALUE and --fused-depthwise: typed values, set where the compiler reads them; bad ones
     refused naming the setting."""
