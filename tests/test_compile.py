@@ -104,6 +104,41 @@ def test_a_regular_frame_is_one_compiled_call_and_a_memory_write_frame_two(net, 
     assert (torch.stack(outs) - eager[:12]).abs().max() < 1e-4
 
 
+def test_compiled_frames_with_flip_two_object_groups_and_a_new_object_equal_eager(net):
+    """The compiled frame with everything a session merges inside it: the mirrored view, 12 objects in two
+    groups (more than the ID bank's 10), and a 13th object given at frame 5 (that frame runs eagerly as a
+    reference; the groups change size, so the frame compiles again). Dynamo's eager backend: the tracing and
+    the CUDA-graph dispatch path, without inductor's compile time."""
+    h, w, gap = 33, 49, 2
+    rng = np.random.default_rng(5)
+    vid = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(9)]
+    mask = np.zeros((h, w), dtype=np.int64)
+    for k in range(12):
+        mask[(k // 6) * 16:(k // 6) * 16 + 14, (k % 6) * 8:(k % 6) * 8 + 7] = k + 1
+    new = np.zeros_like(mask)
+    new[30:33, 40:49] = 13
+
+    def run_video(session):
+        session.add_objects(vid[0], mask)
+        return [session.step(vid[t], new if t == 5 else None).clone() for t in range(1, 9)]
+
+    expected = run_video(InferenceSession(net, long_term_gap=gap, flip=True))
+    session = InferenceSession(net, long_term_gap=gap, flip=True, compile=True)
+    step = session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
+    step.cudagraphs = True
+    calls = []
+    run_compiled = step._run
+    step._run = lambda name, *args: calls.append((session.frame_index, name)) or run_compiled(name, *args)
+    out = run_video(session)
+    assert step.disabled is None
+    # memory full from the first write (frame 2) on; frame 5 is a reference (its own memory writes are eager)
+    assert [f for f, name in calls if name == "segment"] == [3, 4, 6, 7, 8]
+    assert [f for f, name in calls if name == "write"] == [4] * 4 + [7] * 4  # 2 views x 2 groups
+    assert [p.shape[0] for p in out] == [13] * 4 + [14] * 4
+    for got, want in zip(out, expected):
+        assert (got - want).abs().max() < 1e-4
+
+
 def test_sessions_share_one_compiled_step(net):
     """One compiled step per network and device: a video per session never recompiles."""
     a, b = InferenceSession(net, compile=True), InferenceSession(net, compile=True)
