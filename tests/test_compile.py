@@ -54,19 +54,10 @@ def test_compiled_step_equals_eager_over_30_frames(net, video, eager):
     assert (compiled - eager).abs().max() < 1e-4
 
 
-def test_cuda_graph_path_clones_outputs(net, video, eager):
-    """The CUDA-graph path (output cloning, step markers) run on the CPU through dynamo's eager backend."""
-    session = InferenceSession(net, long_term_gap=GAP)
-    session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
-    session.step_functions.cudagraphs = True
-    out = run(session, video, frames=10)  # writes at 3 (first), 6 and 9 (fused, compiled)
-    assert session.step_functions.disabled is None and "write" in session.step_functions._compiled
-    assert (out - eager[:9]).abs().max() < 1e-5
-
-
 def test_warm_up_compiles_every_step_before_the_video(net, video, eager):
     """``warm_up`` (evaluation calls it before the first frame) leaves nothing to compile or record during the
-    video itself, for a video of another long-term gap too, and changes no output (dynamo's eager backend)."""
+    video itself, for a video of another long-term gap too, and changes no output. Dynamo's eager backend on the
+    CUDA-graph dispatch path (step markers, outputs cloned, the frames before the first write compiled too)."""
     from torch._dynamo.utils import counters
 
     session = InferenceSession(net, long_term_gap=GAP, compile=True)
@@ -82,11 +73,15 @@ def test_warm_up_compiles_every_step_before_the_video(net, video, eager):
     assert counters["stats"]["unique_graphs"] == graphs and len(step.warmed) == 1
 
 
-def test_a_regular_frame_is_one_compiled_call_and_a_memory_write_frame_two(net, video, eager):
-    """Once the memory is full, each frame runs ``segment`` compiled once (encoder, propagation, decoder, the
-    label, the frame's identity), and every GAP-th frame also ``write``; nothing of the step runs eagerly."""
+@pytest.mark.parametrize("cudagraphs", [True, False])
+def test_a_regular_frame_is_one_compiled_call_and_a_memory_write_frame_two(net, video, eager, cudagraphs):
+    """Each frame with a full memory runs ``segment`` compiled once (encoder, propagation, decoder, the label,
+    the frame's identity), and every GAP-th one also ``write``; nothing else of the step. The frames before the
+    first write (the reference alone in memory) are compiled too where CUDA graphs are (the dispatch path a GPU
+    takes, here with dynamo's eager backend), eager otherwise."""
     session = InferenceSession(net, long_term_gap=GAP, compile=True)
     step = session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
+    step.cudagraphs = cudagraphs
     session.warm_up((SIZE, SIZE))
     calls = []
     for name, fn in list(step._compiled.items()):
@@ -96,9 +91,9 @@ def test_a_regular_frame_is_one_compiled_call_and_a_memory_write_frame_two(net, 
     outs = []
     for frame in range(1, 13):
         outs.append(session.step(vid[frame]).clone())
-    # frames 1-3 run eagerly (the recurrent slot is empty until the write at frame 3); from frame 4 on the
-    # memory is full: one call a frame, and a second at the writes of frames 6, 9 and 12
-    expected = [(f, "segment") for f in range(4, 13)]
+    # one call a frame: frames 1-3 with the reference alone in memory (the write at frame 3 only stores the frame,
+    # eagerly), frames 4-12 with the full memory; a second call at the writes of frames 6, 9 and 12
+    expected = [(f, "segment") for f in range(1 if cudagraphs else 4, 13)]
     expected += [(f, "write") for f in (6, 9, 12)]
     assert sorted(calls) == sorted(expected)
     assert (torch.stack(outs) - eager[:12]).abs().max() < 1e-4
@@ -107,8 +102,8 @@ def test_a_regular_frame_is_one_compiled_call_and_a_memory_write_frame_two(net, 
 def test_compiled_frames_with_flip_two_object_groups_and_a_new_object_equal_eager(net):
     """The compiled frame with everything a session merges inside it: the mirrored view, 12 objects in two
     groups (more than the ID bank's 10), and a 13th object given at frame 5 (that frame runs eagerly as a
-    reference; the groups change size, so the frame compiles again). Dynamo's eager backend: the tracing and
-    the CUDA-graph dispatch path, without inductor's compile time."""
+    reference; the groups change size, so the frame compiles again). Dynamo's eager backend: the tracing,
+    without inductor's compile time."""
     h, w, gap = 33, 49, 2
     rng = np.random.default_rng(5)
     vid = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(9)]
@@ -125,13 +120,12 @@ def test_compiled_frames_with_flip_two_object_groups_and_a_new_object_equal_eage
     expected = run_video(InferenceSession(net, long_term_gap=gap, flip=True))
     session = InferenceSession(net, long_term_gap=gap, flip=True, compile=True)
     step = session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
-    step.cudagraphs = True
     calls = []
     run_compiled = step._run
     step._run = lambda name, *args: calls.append((session.frame_index, name)) or run_compiled(name, *args)
     out = run_video(session)
     assert step.disabled is None
-    # memory full from the first write (frame 2) on; frame 5 is a reference (its own memory writes are eager)
+    # memory full from the first write (frame 2) on; frame 5 is a reference (eager, its memory writes too)
     assert [f for f, name in calls if name == "segment"] == [3, 4, 6, 7, 8]
     assert [f for f, name in calls if name == "write"] == [4] * 4 + [7] * 4  # 2 views x 2 groups
     assert [p.shape[0] for p in out] == [13] * 4 + [14] * 4

@@ -68,7 +68,8 @@ def test_bf16_autocast_on_cuda_stays_close_to_float32():
 
 def test_compiled_step_on_cuda_equals_eager():
     """The compiled step (CUDA graphs; depthwise convolutions as fused shifted sums) against eager, float32, over
-    frames that compile and replay propagation, memorizing and the memory write."""
+    frames that compile and replay the whole frame (before and after the first long-term write) and the memory
+    write."""
     from mavos.inference.step import CompiledFrameStep
 
     net = seeded_weights(build_network("mavos_mbv2")).eval()

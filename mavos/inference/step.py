@@ -10,9 +10,9 @@ and ``InferenceSession``) and call pure functions of tensors for the work:
 - ``write(long_term, short_term) -> long_term``: fuse a frame into long-term memory (every gap frames);
 - ``encode``, ``propagate``, ``memorize``: the parts, for reference frames and for training's batched clips.
 
-With a fixed-size memory (MCA) every input of ``segment`` and ``write`` has the same shape from the first
-long-term write on, so ``CompiledFrameStep`` runs them through ``torch.compile`` (CUDA graphs on a GPU,
-``mode="reduce-overhead"``): one graph per frame, and one more on a memory-write frame. Wherever compiling is
+With a fixed-size memory (MCA) the inputs of ``segment`` have one shape until the first long-term write and
+another from then on, so ``CompiledFrameStep`` runs it (and ``write``) through ``torch.compile`` (CUDA graphs on
+a GPU, ``mode="reduce-overhead"``): one graph per frame, and one more on a memory-write frame. Wherever compiling is
 not possible it falls back to eager execution, with one warning.
 """
 from __future__ import annotations
@@ -163,11 +163,9 @@ def segment(net: VOSNetwork, inputs: torch.Tensor, states: list[list[GroupState]
     return probs, label, short_terms
 
 
-def memory_is_full(net: VOSNetwork, states: list[list[GroupState]]) -> bool:
-    """Whether every group's long-term memory has reached its fixed size (from then on no shape changes)."""
-    slots = net.memory.fixed_slots
-    return slots is not None and all(s.long_term[0].key.shape[1] == slots * s.short_term[0].key.shape[1]
-                                     for groups in states for s in groups)
+def memory_slots(states: list[list[GroupState]]) -> set[int]:
+    """The numbers of long-term slots (frames' worth of tokens) that the groups' memories hold."""
+    return {s.long_term[0].key.shape[1] // s.short_term[0].key.shape[1] for groups in states for s in groups}
 
 
 class FrameStep:
@@ -222,13 +220,16 @@ def compiler_problem(device: torch.device) -> str | None:
 
 
 class CompiledFrameStep(FrameStep):
-    """``FrameStep`` with ``segment`` and ``write`` compiled once every object group's memory has reached its
-    fixed size (both slots of MCA written), so that no shape ever changes under a compiled function: a regular
-    frame is one compiled function, a memory-write frame two. Reference frames, frames where a mask adds
-    objects and the frames before the memory is full run eagerly. On CUDA, ``mode="reduce-overhead"`` captures
-    CUDA graphs; their outputs live in buffers that the next replay overwrites, so outputs are cloned. Any
-    failure to compile (no compiler, an op the compiler does not support) gives one warning and eager
-    execution from then on, never an error.
+    """``FrameStep`` with ``segment`` and ``write`` compiled for a fixed-size memory: a regular frame is one
+    compiled function, a memory-write frame two. ``segment`` compiles for the full memory (both slots of MCA)
+    and, with CUDA graphs, once more for the frames before the first long-term write (the reference alone in
+    memory), so that short videos do not spend their first ``gap`` frames eager where launches set the pace (on
+    the CPU, where compiled runs as fast as eager, they stay eager rather than compile twice); ``write`` once
+    the memory is full (the first write only stores the frame). Reference frames and frames where a mask adds
+    objects run eagerly. On CUDA,
+    ``mode="reduce-overhead"`` captures CUDA graphs; their outputs live in buffers that the next replay
+    overwrites, so outputs are cloned. Any failure to compile (no compiler, an op the compiler does not
+    support) gives one warning and eager execution from then on, never an error.
     """
 
     @classmethod
@@ -293,7 +294,9 @@ class CompiledFrameStep(FrameStep):
         return self.disabled is not None or self.net.training
 
     def segment(self, inputs, states, layout):
-        if self._eager() or not memory_is_full(self.net, states):
+        fixed = self.net.memory.fixed_slots
+        slots = memory_slots(states)
+        if self._eager() or not (slots == {fixed} or (self.cudagraphs and slots <= {1, fixed})):
             return super().segment(inputs, states, layout)
         # the folded encoder is looked up outside the compiled region (it is rebuilt if the weights change)
         return self._run("segment", self._segment_fn, inputs, states, layout, self.net.inference_encoder())
