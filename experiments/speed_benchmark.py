@@ -380,7 +380,7 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
 
     session, net = run["session"], run["net"]
     step = session.step_functions
-    hooks, originals = [], {}
+    hooks, wrapped_methods = [], []
 
     def label(name):
         def pre(*_):
@@ -412,7 +412,7 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
                 finally:
                     _post()
             setattr(target, attr, wrapped)
-            originals[(id(target), attr)] = target
+            wrapped_methods.append((target, attr))
     start = session.frame_index + 1
     try:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -426,7 +426,7 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
     finally:
         for h in hooks:
             h.remove()
-        for (_, attr), target in originals.items():
+        for target, attr in wrapped_methods:
             delattr(target, attr)  # the instance attribute goes; the class's method shows through again
     events = {e.key: e for e in prof.key_averages()}
     # on a GPU the kernels' time (the host only launches them); on a CPU the host's time

@@ -165,12 +165,12 @@ class InferenceSession:
 
     def _reference(self, inputs: torch.Tensor, label: torch.Tensor, encoded: list | None = None) -> None:
         """Make ``label`` every group's reference; ``encoded``: the views' encodings when the step already has them."""
-        sizes = self._group_sizes()
+        sizes, layout = self._group_sizes(), self._layout()
         for v, trackers in enumerate(self.views):
             enc = encoded[v] if encoded is not None else self.step_functions.encode(inputs[v:v + 1])
             while len(trackers) < len(sizes):
                 trackers.append(ObjectTracker(self.net, [0], self.long_term_gap, step=self.step_functions))
-            for tracker, n, one_hot in zip(trackers, sizes, group_one_hots(label, self._layout(), v == 1)):
+            for tracker, n, one_hot in zip(trackers, sizes, group_one_hots(label, layout, v == 1)):
                 tracker.num_objects = [n]
                 tracker.reference(enc, one_hot, frame_index=self.frame_index)
 

@@ -12,8 +12,8 @@ and ``InferenceSession``) and call pure functions of tensors for the work:
 
 With a fixed-size memory (MCA) the inputs of ``segment`` have one shape until the first long-term write and
 another from then on, so ``CompiledFrameStep`` runs it (and ``write``) through ``torch.compile`` (CUDA graphs on
-a GPU, ``mode="reduce-overhead"``): one graph per frame, and one more on a memory-write frame. Wherever compiling is
-not possible it falls back to eager execution, with one warning.
+a GPU, ``mode="reduce-overhead"``): one graph per frame, and one more on a memory-write frame. Wherever
+compiling is not possible it falls back to eager execution, with one warning.
 """
 from __future__ import annotations
 
@@ -226,10 +226,9 @@ class CompiledFrameStep(FrameStep):
     memory), so that short videos do not spend their first ``gap`` frames eager where launches set the pace (on
     the CPU, where compiled runs as fast as eager, they stay eager rather than compile twice); ``write`` once
     the memory is full (the first write only stores the frame). Reference frames and frames where a mask adds
-    objects run eagerly. On CUDA,
-    ``mode="reduce-overhead"`` captures CUDA graphs; their outputs live in buffers that the next replay
-    overwrites, so outputs are cloned. Any failure to compile (no compiler, an op the compiler does not
-    support) gives one warning and eager execution from then on, never an error.
+    objects run eagerly. On CUDA, ``mode="reduce-overhead"`` captures CUDA graphs; their outputs live in buffers
+    that the next replay overwrites, so outputs are cloned. Any failure to compile (no compiler, an op the
+    compiler does not support) gives one warning and eager execution from then on, never an error.
     """
 
     @classmethod
@@ -302,7 +301,7 @@ class CompiledFrameStep(FrameStep):
         return self._run("segment", self._segment_fn, inputs, states, layout, self.net.inference_encoder())
 
     def write(self, long_term, short_term, size):
-        if self._eager() or long_term.num_tokens != self.net.memory.fixed_slots * short_term[0].key.shape[1]:
+        if self._eager() or long_term.num_slots != self.net.memory.fixed_slots:
             return super().write(long_term, short_term, size)
         readout = self._run("write", self._write_fn, long_term.readout, long_term.slot_tokens, short_term, size)
         return MemoryState(readout, long_term.slot_tokens)
