@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--compile", action="store_true", help="session.compile=true (the compiled fixed-shape step)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--max-seconds", type=float, default=None,
-                    help="stop the timed loop after this many seconds (the summary says how many frames ran)")
+                    help="stop the frame loop after this many seconds, counted from its first frame: warm-up "
+                         "included, where compiling happens (the summary covers the frames timed by then)")
     ap.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
     ap.add_argument("--out", type=Path, default=ROOT / "logs" / "experiments" / "speed")
     ap.add_argument("--tag", default=None, help="file name stem (default from the settings)")

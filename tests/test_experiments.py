@@ -55,6 +55,15 @@ def test_tiny_run_writes_the_curve_and_rates_the_attention_matmuls(benchmark, tm
         assert r["gflops"] > 0 and r["fraction_of_peak"] == pytest.approx(r["gflops"] / summary["peak_gflops"])
 
 
+def test_max_seconds_counts_the_warm_up(benchmark, tmp_path, capsys):
+    """--max-seconds bounds the whole frame loop, warm-up (where compiling happens) included, so a GPU suite's run
+    ends within its budget; a limit spent in the warm-up times nothing and says so instead of a summary."""
+    with pytest.raises(SystemExit, match="no timed frames: all 0 frames run were warm-up"):
+        benchmark.main(["--size", "65x65", "--frames", "50", "--warmup", "3", "--max-seconds", "0", "--threads", "2",
+                        "--no-flops", "--out", str(tmp_path)])
+    assert "--max-seconds 0: stopped after frame 0 of 53" in capsys.readouterr().out
+
+
 def test_host_work_counts_compiled_calls_and_the_torch_ops_outside_them(benchmark):
     """The compiled profile's host count: two calls of a compiled function (whose own ops do not count) and
     three torch ops outside it, one of which calls other torch ops (counted once)."""
