@@ -7,9 +7,9 @@
 #    eager/compiled, as many runs as fit in SUITE_SECONDS, default 3600);
 # 3. evaluate.py on the embedded benchmark (random weights: speeds, not scores) at the quick start's size and at
 #    480p, under torchrun (NCCL), and with the compiled step in bf16 (model FPS beside end-to-end FPS);
-# 4. last, experiments/gpu_probe.sh: the open questions of the compiled MobileNetV2 step (three forms of its
-#    depthwise convolutions with kernel profiles, evaluation's model time against the benchmark's at the same
-#    size, which formulation of the attentions is fastest on this GPU).
+# 4. last, experiments/gpu_probe.sh, both parts: the open questions of issue 11 (the compiled step over 1000 frames
+#    in bf16 with its kernel profile and in strict fp32, Swin-B's flatness; the depthwise forms with profiles,
+#    evaluation's model time against the benchmark's at the same size).
 # Each step has its own time limit and the next one runs whatever happened; logs land in OUT_DIR.
 set -u
 OUT_DIR=${1:?usage: bash experiments/gpu_check.sh OUT_DIR [SUITE_SECONDS]}
@@ -49,7 +49,8 @@ tail -n 30 "$OUT_DIR/suite/gpu_table.md" | tee -a "$OUT_DIR/check.log"
   step "evaluate.py, compiled step, bf16, 480p"
   timeout 150 $PY evaluate.py ckpt_path="$CKPT" results_dir="$WORK/eval_compiled" session.compile=true \
     session.amp=bf16 session.max_short_edge=null resume=false 2>&1 | summary
-  step "open questions (experiments/gpu_probe.sh: depthwise forms with profiles, evaluation vs benchmark, attention)"
-  bash experiments/gpu_probe.sh "$OUT_DIR/probe"
+  step "open questions (experiments/gpu_probe.sh main, then extra)"
+  bash experiments/gpu_probe.sh "$OUT_DIR/probe" main
+  bash experiments/gpu_probe.sh "$OUT_DIR/probe" extra
   step done
 } 2>&1 | tee -a "$OUT_DIR/check.log"
