@@ -114,6 +114,27 @@ def test_autocast_path_runs_and_stays_close_to_float32(net):
         InferenceSession(net, amp="int8")
 
 
+def test_amp_on_a_cpu_without_native_half_precision_warns_once_per_session(net, monkeypatch):
+    """bf16 / fp16 autocast on a CPU that lacks the hardware for it is ~10x slower than float32: a warning that
+    says so; none where the CPU has it, none for float32."""
+    import warnings
+
+    from mavos.inference import session as session_module
+
+    asked = []
+    monkeypatch.setattr(session_module, "cpu_computes_natively", lambda dtype: asked.append(dtype) or False)
+    with pytest.warns(UserWarning, match="amp=bf16 on a CPU without native bf16 arithmetic") as record:
+        InferenceSession(net, amp="bf16")
+    assert len(record) == 1 and asked == [torch.bfloat16]
+    with pytest.warns(UserWarning, match="amp=fp16 on a CPU without native fp16"):
+        InferenceSession(net, amp="fp16")
+    monkeypatch.setattr(session_module, "cpu_computes_natively", lambda dtype: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        InferenceSession(net, amp="bf16")
+        InferenceSession(net)
+
+
 def test_tf32_switch_sets_both_cuda_flags_and_null_leaves_them(net):
     """session.tf32: true / false set TF32 for CUDA matmuls and cuDNN convolutions together; null leaves torch's
     settings as they were; anything else is refused, naming the key."""
