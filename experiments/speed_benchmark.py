@@ -445,13 +445,14 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
         lines.append(f"  compiled calls per frame: {regions / frames:.1f}; torch ops outside them per frame: "
                      f"{outside / frames:.1f} (views included; on a GPU each one that computes is a launch of its "
                      f"own; the parts of the step run inside the compiled calls and are not timed apart)")
-    accounted = 0.0
-    for part in ([] if compiled else PARTS):
-        ms = per_frame(events[part]) if part in events else 0.0
-        accounted += ms
-        lines.append(f"  {part:<16}{ms:8.1f} ms  {100 * ms / total:5.1f}%")
-    if not compiled:
-        lines.append(f"  {'rest of session':<16}{total - accounted:8.1f} ms  {100 * (total - accounted) / total:5.1f}%")
+    else:
+        accounted = 0.0
+        for part in PARTS:
+            ms = per_frame(events[part]) if part in events else 0.0
+            accounted += ms
+            lines.append(f"  {part:<16}{ms:8.1f} ms  {100 * ms / total:5.1f}%")
+        rest = total - accounted
+        lines.append(f"  {'rest of session':<16}{rest:8.1f} ms  {100 * rest / total:5.1f}%")
     lines.append("  top ops by self time:")
     ops = sorted((e for e in prof.key_averages() if e.key not in PARTS and e.key != "frame"),
                  key=lambda e: -self_time(e))[:24 if on_gpu else 12]

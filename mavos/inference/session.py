@@ -239,8 +239,8 @@ class InferenceSession:
         size before one is timed, on a throwaway session over random frames. Its long-term gap is 3 (the gap is
         no input of a compiled function): the frame with the reference alone in memory runs 3 times (frames
         1-3; compiled with CUDA graphs), the frame with a full memory 12 times and the memory write 4 times
-        (frames 6, 9, 12, 15): each at least three times, enough for CUDA graphs to be recorded and replayed. Once per inference size and
-        precision (the compiled step is shared); nothing to do eagerly."""
+        (frames 6, 9, 12, 15): each at least three times, enough for CUDA graphs to be recorded and replayed.
+        Once per inference size and precision (the compiled step is shared); nothing to do eagerly."""
         step = self.step_functions
         if not self.compile or not isinstance(step, CompiledFrameStep) or step.disabled:
             return
