@@ -10,7 +10,8 @@ float32 written-out form:
 - global attention: written out (``mavos.model.layers.attention``, what the model runs on every device),
   ``scaled_dot_product_attention`` as dispatched, SDPA restricted to each backend (math, memory-efficient, flash,
   cuDNN; "n/a" where a backend refuses the shapes), and SDPA over the values cut into 128-wide pieces (the
-  width the flash kernels take, recomputing the scores once per piece);
+  width the flash kernels take, recomputing the scores once per piece), and written out over blocks of 256 or
+  558 query rows (each block's scores small enough to stay in a CPU's last-level cache through the softmax);
 - short-term window: ``LocalGatedAttention.attend``'s banded form (what the model runs) against the dense form
   (SDPA over the whole map with an additive mask holding the relative-position term, -inf outside the window).
 
@@ -71,6 +72,15 @@ def sdpa_backend(backend):
 def sdpa_value_pieces(q, k, v, scale, width: int = 128):
     return torch.cat([F.scaled_dot_product_attention(q, k, piece, scale=scale) for piece in v.split(width, dim=-1)],
                      dim=-1)
+
+
+def written_out_query_blocks(q, k, v, scale, rows: int):
+    """The written-out attention over blocks of ``rows`` queries, into one preallocated output."""
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    for start in range(0, q.shape[-2], rows):
+        torch.matmul(torch.softmax(torch.matmul(q[..., start:start + rows, :] * scale, k.transpose(-1, -2)), -1), v,
+                     out=out[..., start:start + rows, :])
+    return out
 
 
 def dense_window_bias(rel: torch.Tensor, size: tuple[int, int], r: int) -> torch.Tensor:
@@ -138,6 +148,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             run = sdpa_backend(backend)
             report(case, f"sdpa {backend.name.lower()}", lambda run=run: run(q, k, v, scale), reference)
         report(case, "sdpa, values in 128-wide pieces", lambda: sdpa_value_pieces(q, k, v, scale), reference)
+        for block in (256, 558):
+            report(case, f"written out, {block}-query blocks",
+                   lambda block=block: written_out_query_blocks(q, k, v, scale, block), reference)
 
     # the short-term window: banded (the model's) against dense masked
     layer = LocalGatedAttention(d_qk=256, d_vu=512, d_att=d, heads=1, expand=2.0, max_distance=r)
