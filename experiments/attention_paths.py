@@ -75,12 +75,8 @@ def sdpa_value_pieces(q, k, v, scale, width: int = 128):
 
 
 def written_out_query_blocks(q, k, v, scale, rows: int):
-    """The written-out attention over blocks of ``rows`` queries, into one preallocated output."""
-    out = q.new_empty(*q.shape[:-1], v.shape[-1])
-    for start in range(0, q.shape[-2], rows):
-        torch.matmul(torch.softmax(torch.matmul(q[..., start:start + rows, :] * scale, k.transpose(-1, -2)), -1), v,
-                     out=out[..., start:start + rows, :])
-    return out
+    """The model's written-out attention over blocks of ``rows`` queries, the blocks' outputs concatenated."""
+    return torch.cat([written_out(block, k, v, scale) for block in q.split(rows, dim=-2)], dim=-2)
 
 
 def dense_window_bias(rel: torch.Tensor, size: tuple[int, int], r: int) -> torch.Tensor:
