@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mavos.data.davis import DavisReader
-from mavos.data.io import write_frame, write_mask
+from mavos.data.io import read_mask, write_frame, write_mask
 from mavos.data.lvos import LVOSReader
 from mavos.data.records import DatasetError, select_videos, truncate_record
 from mavos.evaluation.evaluator import copy_first_frame_scores, segment_video
@@ -117,6 +117,7 @@ def test_select_videos_by_count_names_and_frames(davis):
     records = DavisReader(davis, split="val").videos()
     assert [r.name for r in select_videos(records, 1)] == ["one"]
     assert [r.name for r in select_videos(records, ["two"])] == ["two"]
+    assert [r.name for r in select_videos(records, "two")] == ["two"]   # videos=two on the command line
     cut = select_videos(records, None, max_frames=4)
     assert [len(r) for r in cut] == [4, 4] and max(cut[1].annotations) == 3
     with pytest.raises(DatasetError, match="'three'"):
@@ -136,6 +137,86 @@ def test_progress_record_round_trip(davis, net, tmp_path):
         np.testing.assert_array_equal(a, b)
     assert load_progress(tmp_path, record, plan, "another checkpoint") is None
     assert not list(tmp_path.rglob(".*.tmp*"))
+
+
+def test_resume_keys_change_with_the_videos_source_and_first_masks(davis, tmp_path):
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from mavos.evaluation.run import run_fingerprint, video_fingerprint
+
+    davis = Path(shutil.copytree(davis, tmp_path / "davis"))   # its first mask is redrawn below
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"weights")
+
+    def key(**data):
+        reader = {"_target_": "mavos.data.davis.DavisReader", "root": str(davis), "split": "val",
+                  "resolution": "480p", **data}
+        cfg = OmegaConf.create({"ckpt_path": str(ckpt), "max_frames": None, "session": {"flip": False},
+                                "data": {"name": "davis2017", "protocol": "davis",
+                                         "module": {"val_reader": reader}}})
+        return run_fingerprint(cfg, {"backbone": "mobilenetv2"})
+
+    assert key() == key()
+    assert key(resolution="Full-Resolution") != key()   # other frames: the earlier results do not apply
+    assert key(split="test-dev") != key()
+
+    record = DavisReader(davis, split="val").videos()[1]
+    before = video_fingerprint(key(), record)
+    assert video_fingerprint(key(), record) == before
+    assert video_fingerprint(key(), truncate_record(record, 5)) != before
+    first = Path(record.annotations[0])
+    write_mask(first, (read_mask(first) == 1).astype(np.uint8) * 2)   # the first mask redrawn in place
+    assert video_fingerprint(key(), record) != before
+
+
+def test_the_submission_zip_holds_exactly_the_listed_frames(tmp_path):
+    import zipfile
+
+    from mavos.data.records import VideoRecord
+    from mavos.evaluation.run import write_submission_zip
+
+    names = [f"{5 * t:05d}" for t in range(6)]
+    record = VideoRecord("vid", [tmp_path / f"{n}.jpg" for n in names], names, {0: tmp_path / "00000.png"},
+                         {1: 0}, scored_frames=[0, 2, 5])   # meta.json lists 00000, 00010, 00025
+    results = tmp_path / "results"
+    for n in names:   # a run with all_frames wrote every frame; a killed write left a temporary file
+        write_mask(results / "vid" / f"{n}.png", moving_square(0))
+    (results / "vid" / ".00015.png.123-abcd.tmp.png").write_bytes(b"half a png")
+    write_submission_zip(results, [record], tmp_path / "submission.zip")
+    with zipfile.ZipFile(tmp_path / "submission.zip") as zf:
+        assert sorted(zf.namelist()) == ["Annotations/vid/00000.png", "Annotations/vid/00010.png",
+                                         "Annotations/vid/00025.png"]
+    (results / "vid" / "00010.png").unlink()
+    with pytest.raises(DatasetError, match=r"1 listed frame.*00010\.png"):
+        write_submission_zip(results, [record], tmp_path / "again.zip")
+    assert not (tmp_path / "again.zip").exists()
+
+
+def test_a_split_without_ground_truth_under_a_scored_protocol_is_refused_before_it_runs(davis, tmp_path):
+    from omegaconf import OmegaConf
+
+    from mavos.evaluation.run import json_safe, scoring_plans
+    from mavos.registry import ConfigError
+
+    # DAVIS test-dev's layout: the first frame's mask only
+    for t in range(4):
+        write_frame(tmp_path / "JPEGImages/480p/dance" / f"{t:05d}.jpg", frame_of(moving_square(t), t))
+    write_mask(tmp_path / "Annotations/480p/dance/00000.png", moving_square(0))
+    (tmp_path / "ImageSets/2017").mkdir(parents=True)
+    (tmp_path / "ImageSets/2017/test-dev.txt").write_text("dance\n")
+    test_dev = DavisReader(tmp_path, split="test-dev").videos()
+    cfg = OmegaConf.create({"data": {"name": "davis2017", "split": "test-dev"}, "max_frames": None})
+    with pytest.raises(ConfigError, match="'dance'.*data.protocol=none"):
+        scoring_plans(test_dev, "davis", cfg)
+    assert scoring_plans(test_dev, "none", cfg) == {"dance": None}
+    val = DavisReader(davis, split="val").videos()
+    assert scoring_plans(val, "davis", cfg)["one"].frame_indices == [1, 2, 3, 4, 5]   # frames 1-5 of 0-6
+    with pytest.raises(ConfigError, match="max_frames=2"):
+        scoring_plans(select_videos(val, None, max_frames=2), "davis", OmegaConf.merge(cfg, {"max_frames": 2}))
+    assert json.loads(json.dumps(json_safe({"J&F-Mean": float("nan"), "rows": [1.5, float("inf")]}))) == \
+        {"J&F-Mean": None, "rows": [1.5, None]}
 
 
 def test_a_mask_of_another_size_mid_video_names_file_and_frame(davis, net, tmp_path):
@@ -298,6 +379,30 @@ def test_lvos_streaming_plan_equals_the_toolkit_rules(tmp_path):
     for a, b in zip(ours, toolkit_rows):
         assert (a["J-Mean"], a["F-Mean"], a["V-Mean"]) == pytest.approx((b["J-Mean"], b["F-Mean"], b["V-Mean"]))
     assert 0 < toolkit_row["J&F-Mean"] < 1
+
+
+def test_an_lvos_video_cut_by_max_frames_is_scored_on_the_frames_left(tmp_path):
+    # object 1 on range(1, 30, 5) = 1, 6, ..., 26 (frame_nums 6); object 2 starts at frame 20, after the cut
+    split = tmp_path / "LVOS" / "val"
+    split.mkdir(parents=True)
+    (split / "valid_meta.json").write_text(json.dumps({"videos": {"v": {"objects": {
+        "1": {"frame_range": {"start": 1, "end": 30, "frame_nums": 6}},
+        "2": {"frame_range": {"start": 20, "end": 30, "frame_nums": 2}}}}}}))
+    for t in range(1, 31):
+        m = moving_square(t % 5)
+        if t >= 20:
+            m[26:36, 40:50] = 2
+        write_frame(split / "JPEGImages" / "v" / f"{t:08d}.jpg", frame_of(m, t))
+        write_mask(split / "Annotations" / "v" / f"{t:08d}.png", m)
+    write_mask(split / "Annotations_convert" / "v" / "00000001.png", moving_square(1))
+    (record,) = select_videos(LVOSReader(tmp_path / "LVOS", split="val").videos(), None, max_frames=12)
+    assert record.frame_names[-1] == "00000012"
+    plan = plan_for_record(record, "lvos")
+    # frames 00000001, 00000006, 00000011 are left (indices 0, 5, 10): three slots, none counted as a zero
+    assert plan.objects == [1] and plan.slots == {1: 3}
+    assert plan.frames == {0: [(1, 0)], 5: [(1, 1)], 10: [(1, 2)]}
+    full = plan_for_record(LVOSReader(tmp_path / "LVOS", split="val").videos()[0], "lvos")
+    assert full.slots == {1: 6, 2: 2}   # the whole video keeps the toolkit's rows
 
 
 def test_metric_states_are_shaped_so_that_an_empty_rank_can_gather():

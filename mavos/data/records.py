@@ -66,6 +66,8 @@ def select_videos(records: list[VideoRecord], videos=None, max_frames: int | Non
                   source: str = "the val split") -> list[VideoRecord]:
     """A bounded subset: ``videos`` = None (all), a count (the first N) or a list of names; each cut to
     ``max_frames``. A name that is not in ``records`` is an error naming it and where it was looked for."""
+    if isinstance(videos, str) and videos != "all":
+        videos = [videos]  # videos=dogs-jump on the command line: one name, not its letters
     if videos is None or videos == "all":
         chosen = list(records)
     elif isinstance(videos, int) and not isinstance(videos, bool):

@@ -88,6 +88,11 @@ def new_objects_mask(record: VideoRecord, index: int, seen: set[int]) -> np.ndar
     return mask if mask.any() else None
 
 
+def result_frames(record: VideoRecord) -> list[int]:
+    """The frames whose masks a run writes: the benchmark's listed frames (YouTube-VOS, LVOS), else all."""
+    return list(range(len(record))) if record.scored_frames is None else sorted(record.scored_frames)
+
+
 def start_frame(record: VideoRecord) -> int:
     """The first frame the model sees (the first annotated one; LVOS and YouTube-VOS start later)."""
     start = min(record.annotations) if record.annotations else 0
@@ -198,7 +203,7 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
     scorer = VideoScorer(plan) if plan is not None else None
     write = None
     if results_dir is not None:
-        write = set(range(len(record))) if record.scored_frames is None else set(record.scored_frames)
+        write = set(result_frames(record))
     start = start_frame(record)
     seen: set[int] = set()
     timer = _ModelTimer(device)

@@ -27,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from mavos.checkpoints.loading import (build_checkpoint_network, load_state, network_state, read_checkpoint,
                                        resolve_network_config)
 from mavos.data.io import atomic_save, read_frame, read_mask
-from mavos.data.records import VideoRecord, select_videos
-from mavos.evaluation.evaluator import VideoResult, copy_first_frame_scores, segment_video
+from mavos.data.records import DatasetError, VideoRecord, select_videos
+from mavos.evaluation.evaluator import VideoResult, copy_first_frame_scores, result_frames, segment_video
 from mavos.metrics.jf import JFMetric
 from mavos.metrics.protocols import (PROTOCOLS, ScorePlan, VideoScorer, plan_for_record, score_saved_video,
                                      write_protocol_csvs)
@@ -129,11 +129,30 @@ def load_checkpoint_network(cfg: DictConfig, device: torch.device):
 # ---------------------------------------------------------------- resume
 
 def run_fingerprint(cfg: DictConfig, network_config: dict) -> str:
-    """What makes results comparable: the checkpoint file, the network and the session settings."""
+    """What makes results comparable: the checkpoint file, the network, the session settings and the videos'
+    source (the data config's reader: root, split, resolution, all_frames, a user's mask ...)."""
     stat = Path(cfg.ckpt_path).stat()
+    reader = OmegaConf.select(cfg, "data.module.val_reader")
     key = {"ckpt": str(Path(cfg.ckpt_path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
            "network": network_config, "session": OmegaConf.to_container(cfg.session, resolve=True),
-           "max_frames": cfg.get("max_frames"), "protocol": cfg.data.get("protocol")}
+           "max_frames": cfg.get("max_frames"), "protocol": cfg.data.get("protocol"), "data": cfg.data.get("name"),
+           "reader": None if reader is None else OmegaConf.to_container(reader, resolve=True)}
+    return _digest(key)
+
+
+def video_fingerprint(run: str, record: VideoRecord) -> str:
+    """``run``'s fingerprint narrowed to one video: its frames, the frames written / scored, and the first-frame
+    masks the model starts from (edited in place, they change their size or modification time)."""
+    masks = {}
+    for index in sorted(set(record.object_first_frame.values())):
+        path = Path(record.annotations[index])
+        stat = path.stat() if path.is_file() else None
+        masks[str(path)] = None if stat is None else (stat.st_size, stat.st_mtime_ns)
+    return _digest({"run": run, "frames": [str(f) for f in record.frames], "names": list(record.frame_names),
+                    "scored": record.scored_frames, "masks": masks})
+
+
+def _digest(key: dict) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -230,12 +249,23 @@ def format_summary(rows: dict[str, dict[str, float]], speed: str | None) -> str:
 
 
 def write_submission_zip(results_dir: Path, records, path: Path) -> None:
-    """YouTube-VOS / LVOS server format: a zip of Annotations/<video>/<frame>.png."""
+    """YouTube-VOS / LVOS server format: a zip of Annotations/<video>/<frame>.png, exactly the frames each video
+    lists (nothing else in the folders: another run's PNGs, a killed write's temporary file); a listed frame
+    without its PNG is an error naming it, and no zip is written."""
+    files, missing = [], []
+    for record in records:
+        for index in result_frames(record):
+            png = results_dir / record.name / f"{record.frame_names[index]}.png"
+            (files if png.is_file() else missing).append((record.name, png))
+    if missing:
+        shown = ", ".join(str(png) for _, png in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DatasetError(f"submission: {len(missing)} listed frame(s) have no result PNG ({shown}); were they "
+                           f"deleted? evaluate.py resume=false into {results_dir} writes them again")
+
     def save(tmp):
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for record in records:
-                for png in sorted((results_dir / record.name).glob("*.png")):
-                    zf.write(png, f"Annotations/{record.name}/{png.name}")
+            for video, png in files:
+                zf.write(png, f"Annotations/{video}/{png.name}")
     atomic_save(save, path)
     log.info("submission: %s", path)
 
@@ -252,6 +282,32 @@ def write_overlay_for(record: VideoRecord, results_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------- the run
+
+def scoring_plans(records: list[VideoRecord], protocol: str, cfg: DictConfig) -> dict[str, ScorePlan | None]:
+    """Each video's scoring plan, checked before any video runs: under a scored protocol, a video with objects
+    but no frame to score (a server-scored split such as DAVIS test-dev, whose masks are first frames only)
+    would report NaN for all the work; that is an error that says what to set instead."""
+    plans = {record.name: plan_for_record(record, protocol) for record in records}
+    for record in records:
+        plan = plans[record.name]
+        if plan is not None and plan.objects and not plan.frame_indices:
+            cut = f" (or max_frames={cfg.get('max_frames')} leaves none)" if cfg.get("max_frames") else ""
+            raise ConfigError(f"data={cfg.data.name} split {cfg.data.get('split')}: video '{record.name}' has no "
+                              f"ground truth to score beyond its first annotation under data.protocol={protocol}"
+                              f"{cut}; a server-scored split takes data.protocol=none (results written, not scored)")
+    return plans
+
+
+def json_safe(value):
+    """NaN and infinities as JSON's null (``json.dumps`` writes bare NaN, which strict parsers refuse)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
 
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     warnings.filterwarnings("ignore", message=".*compute.*called before.*update", category=UserWarning)
@@ -270,6 +326,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     results_dir = Path(cfg.results_dir)
     split = cfg.get("split") or cfg.data.get("split", "val")
     scored = protocol != "none"
+    plans = scoring_plans(records, protocol, cfg)
     metric = JFMetric(protocol if scored else "davis").to(device)
     summary: dict[str, dict[str, float]] = {}
     results: list[VideoResult] = []
@@ -277,7 +334,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
         if not scored:
             raise ConfigError(f"score_only: data={cfg.data.name} (protocol none) has no local ground truth to score")
         for record in records:
-            metric.update(score_saved_video(record, plan_for_record(record, protocol), results_dir))
+            metric.update(score_saved_video(record, plans[record.name], results_dir))
         summary["results"] = {}
     else:
         net, network_config = load_checkpoint_network(cfg, device)
@@ -286,14 +343,15 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
         log.info("evaluating %d videos of %s/%s on %s (rank %d/%d)", len(records), cfg.data.name, split, device,
                  ranks.rank, ranks.world)
         for record in records:
-            plan = plan_for_record(record, protocol) if scored else None
-            result = load_progress(results_dir, record, plan, fingerprint) if cfg.get("resume", True) else None
+            plan = plans[record.name]
+            video_key = video_fingerprint(fingerprint, record)
+            result = load_progress(results_dir, record, plan, video_key) if cfg.get("resume", True) else None
             if result is not None:
                 log.info("%s: done by an earlier run, skipped (resume=false to redo)", record.name)
             else:
                 result = segment_video(net, record, plan=plan, protocol=protocol, session_kwargs=session_kwargs,
                                        results_dir=results_dir)
-                save_progress(results_dir, result, fingerprint)
+                save_progress(results_dir, result, video_key)
                 log.info("%s: %d frames, %.2f FPS (model), %.2f FPS (end-to-end), peak %.0f MB", record.name,
                          result.frames, result.fps, result.wall_fps, result.peak_memory_mb)
             if result.scorer is not None:
@@ -317,7 +375,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
         if cfg.get("baseline", False):
             base = JFMetric(protocol).to(device)
             for record in records:
-                base.update(copy_first_frame_scores(record, plan_for_record(record, protocol)))
+                base.update(copy_first_frame_scores(record, plans[record.name]))
             summary["copy first-frame mask"] = base.compute()
     if ranks.rank == 0:
         text = format_summary(summary, speed_summary(results, device) if results else None)
@@ -325,7 +383,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
         atomic_save(lambda tmp: Path(tmp).write_text(text + "\n"), results_dir / f"summary-{split}.txt")
         machine = {"scores": summary, "videos": len(all_records), "device": str(device),
                    "model_fps": speed_value(results, "model"), "end_to_end_fps": speed_value(results, "wall")}
-        atomic_save(lambda tmp: Path(tmp).write_text(json.dumps(machine, indent=2) + "\n"),
+        atomic_save(lambda tmp: Path(tmp).write_text(json.dumps(json_safe(machine), indent=2) + "\n"),
                     results_dir / f"summary-{split}.json")
     ranks.barrier()
     return summary

@@ -152,12 +152,26 @@ def plan_for_record(record: VideoRecord, protocol: str, unseen: bool = False) ->
         if not ranges:
             raise DatasetError(f"video '{record.name}': the LVOS protocol needs per-object frame ranges "
                                f"(valid_meta.json in the split folder)")
+        if "truncated_from" in record.meta:
+            ranges = truncated_lvos_ranges(ranges, int(record.frame_names[-1]))
         return lvos_plan(record.name, record.frame_names, ranges, unseen or bool(record.meta.get("unseen")))
     objects = list(range(1, max(record.object_ids) + 1)) if record.object_ids else []
     if protocol == "ltv" or record.meta.get("binarize"):
         return ScorePlan.dense(record.name, [1] if objects else [], scored_gt_frames(record, exclude_last=False),
                                binarize=True)
     return ScorePlan.dense(record.name, objects, scored_gt_frames(record, exclude_last=True))
+
+
+def truncated_lvos_ranges(ranges: dict, last_number: int) -> dict:
+    """LVOS frame ranges of a video cut after frame number ``last_number`` (``max_frames``: bounded validation,
+    not the benchmark's score): each object keeps the scored frames that are left, as many slots as those
+    (the cut frames are not scored, rather than counted 0), and an object with none left is dropped."""
+    kept = {}
+    for key, rng in ranges.items():
+        numbers = [n for n in lvos_frame_numbers(rng["start"], rng["end"]) if n <= last_number]
+        if numbers:
+            kept[key] = {**rng, "end": numbers[-1] + 1, "frame_nums": len(numbers)}
+    return kept
 
 
 def lvos_plan(video: str, frame_names: Sequence[str], ranges: dict, unseen: bool = False,
