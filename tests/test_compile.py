@@ -73,6 +73,28 @@ def test_warm_up_compiles_every_step_before_the_video(net, video, eager):
     assert counters["stats"]["unique_graphs"] == graphs and len(step.warmed) == 1
 
 
+def test_warm_up_rehearses_the_object_groups_a_video_will_have(net, video):
+    """A video of 12 objects (two groups of the 10-object ID bank) warmed up with its object counts compiles
+    nothing while it runs, and the recompilation limit leaves room for many frame sizes (dynamo's default of 8
+    would run the 9th shape eagerly without a word)."""
+    from torch._dynamo.utils import counters
+
+    vid, _ = video
+    mask = np.zeros((SIZE, SIZE), dtype=np.int64)
+    for k in range(12):
+        mask[10:50, 2 + 5 * k: 6 + 5 * k] = k + 1
+    session = InferenceSession(net, long_term_gap=GAP, compile=True)
+    step = session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
+    step.cudagraphs = True
+    assert torch._dynamo.config.recompile_limit >= 64
+    session.warm_up((SIZE, SIZE), (12,))
+    graphs = counters["stats"]["unique_graphs"]
+    session.add_objects(vid[0], mask)
+    for frame in vid[1:8]:
+        session.step(frame)
+    assert len(session.views[0]) == 2 and counters["stats"]["unique_graphs"] == graphs
+
+
 @pytest.mark.parametrize("cudagraphs", [True, False])
 def test_a_regular_frame_is_one_compiled_call_and_a_memory_write_frame_two(net, video, eager, cudagraphs):
     """Each frame with a full memory runs ``segment`` compiled once (encoder, propagation, decoder, the label,

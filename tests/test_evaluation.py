@@ -2,6 +2,7 @@
 LVOS from reader metadata equals the toolkit mirror, bounded subsets, resume records, empty ranks."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -82,13 +83,18 @@ def test_compiled_sessions_warm_up_before_the_first_timed_frame(davis, net, monk
     monkeypatch.setattr(CompiledFrameStep, "_run", lambda self, name, fn, *args: fn(*args))  # no real compiler
     calls = []
     monkeypatch.setattr(InferenceSession, "warm_up",
-                        lambda self, size: calls.append(("warm_up", self.compile, size)) or time.sleep(0.5))
+                        lambda self, size, objects: calls.append(("warm_up", self.compile, size, objects))
+                        or time.sleep(0.5))
     add, step = InferenceSession.add_objects, InferenceSession.step
     monkeypatch.setattr(InferenceSession, "add_objects", lambda self, *a: calls.append("add") or add(self, *a))
     monkeypatch.setattr(InferenceSession, "step", lambda self, *a: calls.append("step") or step(self, *a))
     record = DavisReader(davis, split="val").videos()[0]
     result = segment_video(net, record, protocol="davis", progress=False, session_kwargs={"compile": True})
-    assert calls[:3] == [("warm_up", True, (H, W)), "add", "step"] and calls.count("step") == len(record) - 1
+    assert calls[:3] == [("warm_up", True, (H, W), (1, 1)), "add", "step"] and calls.count("step") == len(record) - 1
+    calls.clear()   # object 2 of 'two' entering at frame 3 (first-appearance masks): counts before and after
+    two = dataclasses.replace(DavisReader(davis, split="val").videos()[1], object_first_frame={1: 0, 2: 3})
+    segment_video(net, two, protocol="davis", progress=False, session_kwargs={"compile": True})
+    assert calls[0] == ("warm_up", True, (H, W), (1, 2))
     # the warm-up's wall time is reported apart: the summary gives end-to-end FPS with and without it
     assert 0.5 <= result.warmup_seconds < result.wall_seconds
     summary = speed_summary([result], torch.device("cpu"))

@@ -216,3 +216,92 @@ def test_probabilities_are_channels_last(net):
     probs = session.step(vid[1])
     assert probs.stride(0) == 1  # (1 + K, H, W) view of a (H, W, 1 + K) tensor
     assert torch.equal(session.last_mask, probs.argmax(0))
+
+
+def _squares(ids_and_places, h=40, w=56):
+    mask = np.zeros((h, w), dtype=np.int64)
+    for obj, (y, x) in ids_and_places:
+        mask[y:y + 14, x:x + 16] = obj
+    return mask
+
+
+def test_ids_that_are_not_contiguous_are_tracked_as_the_network_was_trained(net):
+    """Objects 3 and 7 are tracked as the network's 1 and 2 (order of first appearance) and come back as 3 and
+    7: the same probabilities as a video given with ids 1 and 2, and no probability on ids never given."""
+    vid = frames(4)
+    given = InferenceSession(net, long_term_gap=2)
+    plain = InferenceSession(net, long_term_gap=2)
+    given.add_objects(vid[0], _squares([(3, (4, 4)), (7, (22, 30))]))
+    plain.add_objects(vid[0], _squares([(1, (4, 4)), (2, (22, 30))]))
+    for frame in vid[1:]:
+        p, q = given.step(frame), plain.step(frame)
+        assert p.shape == (8, 40, 56) and given.object_ids == [3, 7]
+        assert torch.equal(p[[0, 3, 7]], q) and p[[1, 2, 4, 5, 6]].abs().max() == 0
+        assert torch.equal(given.last_mask, torch.tensor([0, 3, 7])[plain.last_mask])
+
+
+def test_an_object_with_a_lower_id_entering_later_keeps_its_own_id(net):
+    """YouTube-VOS: object 2 from the first frame, object 1 from frame 2. The network sees them as 1 and 2 in
+    that order (a video given that way is the expectation); before object 1 enters, no pixel is labelled 1."""
+    vid = frames(5, seed=1)
+    a, b = (6, 6), (20, 34)
+    given, plain = InferenceSession(net, long_term_gap=2), InferenceSession(net, long_term_gap=2)
+    given.add_objects(vid[0], _squares([(2, a)]))
+    plain.add_objects(vid[0], _squares([(1, a)]))
+    p, q = given.step(vid[1]), plain.step(vid[1])
+    assert torch.equal(p[[0, 2]], q) and p[1].abs().max() == 0 and not (given.last_mask == 1).any()
+    given.step(vid[2], _squares([(1, b)]))
+    plain.step(vid[2], _squares([(2, b)]))
+    swap = torch.tensor([0, 2, 1])
+    assert given.object_ids == [2, 1] and torch.equal(given.last_mask, swap[plain.last_mask])
+    for frame in vid[3:]:
+        p, q = given.step(frame), plain.step(frame)
+        assert torch.equal(p, q[swap]) and torch.equal(given.last_mask, swap[plain.last_mask])
+
+
+def test_one_object_with_a_high_id_is_one_group(net):
+    vid = frames(2)
+    session = InferenceSession(net)
+    session.add_objects(vid[0], _squares([(11, (10, 10))]))
+    probs = session.step(vid[1])
+    assert len(session.views[0]) == 1 and probs.shape[0] == 12
+    assert set(torch.unique(session.last_mask).tolist()) <= {0, 11} and probs[1:11].abs().max() == 0
+
+
+def test_void_is_not_an_object_and_bad_ids_are_refused(net):
+    vid = frames(3)
+    mask = _squares([(1, (10, 10))])
+    bordered = mask.copy()
+    bordered[0, :] = bordered[-1, :] = 255  # DAVIS's void label
+    clean, void = InferenceSession(net), InferenceSession(net)
+    clean.add_objects(vid[0], mask)
+    with pytest.warns(UserWarning, match="255"):
+        void.add_objects(vid[0], bordered)
+    assert void.object_ids == [1] and len(void.views[0]) == 1
+    assert torch.equal(void.step(vid[1]), clean.step(vid[1]))
+    for bad, message in ((300, "300"), (-1, "-1")):
+        with pytest.raises(ValueError, match=f"object id {message}"):
+            InferenceSession(net).add_objects(vid[0], np.where(mask > 0, bad, 0))
+    with pytest.raises(ValueError, match="integer object ids"):
+        InferenceSession(net).add_objects(vid[0], mask.astype(np.float32))
+
+
+def test_frames_of_every_dtype_mean_the_same_picture(net):
+    """uint8 arrays and tensors are the reference; int64 frames are 0-255 too; float frames 0-255 or 0-1 as the
+    video's first frame says, so that a dark frame (all values <= 1) later in a 0-255 video stays dark. At
+    33x49, a size the network takes as it is (no resizing, where arrays and tensors take different filters)."""
+    vid = frames(3, h=33, w=49, seed=2)
+    vid[2] = (vid[2] // 200).astype(np.uint8)   # a dark frame: values 0 and 1
+    mask = _squares([(1, (10, 10))], h=33, w=49)
+
+    def run(convert):
+        session = InferenceSession(net)
+        session.add_objects(convert(vid[0]), mask)
+        return torch.stack([session.step(convert(f)) for f in vid[1:]])
+
+    reference = run(lambda f: f)
+    assert torch.equal(run(torch.from_numpy), reference)
+    for convert in (lambda f: torch.from_numpy(f).long(), lambda f: f.astype(np.int64),
+                    lambda f: torch.from_numpy(f).float(), lambda f: f.astype(np.float32),
+                    lambda f: torch.from_numpy(f).float() / 255, lambda f: f.astype(np.float64) / 255):
+        assert (run(convert) - reference).abs().max() < 1e-5

@@ -259,7 +259,9 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
                             raise DatasetError(f"{record.annotations.get(i)}: first annotation of '{record.name}' "
                                                f"holds no object")
                         warming = time.perf_counter()
-                        session.warm_up(frame.shape[:2])  # compiling stays out of the model time
+                        counts = (len([o for o, f in record.object_first_frame.items() if f <= i]),
+                                  len(record.object_ids))  # objects now, and once all have entered
+                        session.warm_up(frame.shape[:2], counts)  # compiling stays out of the model time
                         warmup_seconds = time.perf_counter() - warming
                         session.add_objects(on_device(frame), new)
                     else:

@@ -75,8 +75,14 @@ class InferenceSession:
       - (H, W, 3) uint8 RGB numpy array (resized with OpenCV's bicubic filter, as the official evaluation);
       - (H, W, 3) uint8 torch tensor, on any device (moved to the session's device, resized there with
         ``F.interpolate(mode="bicubic")``: a decoder may hand over frames already on the GPU);
-      - (H, W, 3) float numpy array (0-255, or 0-1 when its maximum is <= 1) or float tensor in [0, 1].
-    mask: (H, W) integer object ids (0 = background), numpy or torch.
+      - other integer arrays or tensors: 0-255, as uint8;
+      - float arrays or tensors: 0-1, or 0-255 when the video's first frame has a value above 1 (decided once
+        per video, so that a dark frame later on is not rescaled).
+    mask: (H, W) integer object ids, numpy or torch: 0 background, 1-254 objects, 255 DAVIS's void (not an
+      object: ignored, with one warning). Ids need not be contiguous (YouTube-VOS's object 1 may enter after
+      object 2): the network sees the objects numbered 1..n in order of first appearance, as in the official
+      evaluation, and ``last_mask`` and the probabilities' channels are the given ids again (``object_ids``:
+      the given ids in the network's order).
     compile: run the per-frame step compiled (``CompiledFrameStep``, shared by all sessions of the network: a
       frame is one compiled function, ``segment``, and a memory write one more): needs a fixed-size memory
       (MCA); otherwise, or where compiling fails, one warning and eager execution.
@@ -106,6 +112,11 @@ class InferenceSession:
         self.compile = bool(compile)
         self.step_functions = CompiledFrameStep.shared(net, self.device) if compile else FrameStep(net)
         self.num_objects = 0
+        self.object_ids: list[int] = []  # given ids; the network's id of object_ids[k] is k + 1
+        self._given_to_network: torch.Tensor | None = None  # (256,) given id -> network id
+        self._network_to_given: torch.Tensor | None = None  # (1 + n,) network id -> given id; None: the same ids
+        self._float_range: float | None = None
+        self._warned_void = False
         self.frame_index = -1
         self.views: list[list[ObjectTracker]] = [[] for _ in range(2 if flip else 1)]
         self.input_size: tuple[int, int] | None = None
@@ -141,7 +152,10 @@ class InferenceSession:
                 raise ValueError(f"frame must be (H, W, 3) RGB, got shape {tuple(frame.shape)}")
             self._set_frame_size(*frame.shape[:2])
             x = frame.to(self.device, non_blocking=True).permute(2, 0, 1)[None]
-            x = x.float() / 255.0 if frame.dtype == torch.uint8 else x.float()
+            if frame.is_floating_point():
+                x = x.float() / self._video_float_range(lambda: float(x.max()))  # read on the first frame only
+            else:
+                x = x.float() / 255.0
             if self.input_size != self.frame_size:
                 x = F.interpolate(x, size=self.input_size, mode="bicubic", align_corners=False)
         else:
@@ -149,8 +163,8 @@ class InferenceSession:
             if arr.ndim != 3 or arr.shape[2] != 3:
                 raise ValueError(f"frame must be (H, W, 3) RGB, got shape {arr.shape}")
             self._set_frame_size(*arr.shape[:2])
-            scale = arr.dtype != np.uint8 and arr.max() <= 1.0
-            arr = arr.astype(np.float32) * (255.0 if scale else 1.0)
+            scale = 255.0 / self._video_float_range(lambda: float(arr.max())) if arr.dtype.kind == "f" else 1.0
+            arr = arr.astype(np.float32) * scale
             ih, iw = self.input_size
             if (ih, iw) != self.frame_size:
                 arr = cv2.resize(arr, (iw, ih), interpolation=cv2.INTER_CUBIC)
@@ -159,11 +173,51 @@ class InferenceSession:
         x = x.contiguous(memory_format=torch.channels_last)
         return torch.cat([x, x.flip(-1)]) if self.flip else x
 
+    def _video_float_range(self, maximum) -> float:
+        """1 or 255: the scale of this video's float frames, from the first one's ``maximum()``."""
+        if self._float_range is None:
+            self._float_range = 255.0 if maximum() > 1.0 else 1.0
+        return self._float_range
+
     def _mask_tensor(self, mask) -> torch.Tensor:
-        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).long()
+        """A given mask as the network's ids (objects numbered 1.. in order of first appearance; new ids are
+        added to ``object_ids``), on the device. Masks come with the first frame and with frames that add
+        objects, never on the per-frame path, so reading their ids on the host costs no frame a sync."""
+        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+        if m.is_floating_point() or m.is_complex() or m.dtype == torch.bool:
+            raise ValueError(f"mask must hold integer object ids, got dtype {m.dtype}")
         if tuple(m.shape) != self.frame_size:
             raise ValueError(f"mask is {tuple(m.shape)} but the frames are {self.frame_size}")
-        return m.to(self.device)
+        m = m.to(self.device).long()
+        ids = torch.unique(m).tolist()
+        bad = [i for i in ids if i < 0 or i > 255]
+        if bad:
+            raise ValueError(f"mask holds object id {bad[0]}: ids are 1-254 (0 background, 255 void)")
+        if 255 in ids:
+            m = m.masked_fill(m == 255, 0)
+            if not self._warned_void:
+                self._warned_void = True
+                warnings.warn("mask holds id 255, DAVIS's void label: not tracked as an object", stacklevel=3)
+        new = [i for i in ids if 0 < i < 255 and i not in self.object_ids]
+        if new:
+            self.object_ids += new
+            given = torch.tensor([0, *self.object_ids])
+            self._given_to_network = torch.zeros(256, dtype=torch.long).index_copy_(
+                0, given, torch.arange(len(given))).to(self.device)
+            same = self.object_ids == list(range(1, len(self.object_ids) + 1))
+            self._network_to_given = None if same else given.to(self.device)
+        return m if self._network_to_given is None else self._given_to_network[m]
+
+    def _given_label(self, label: torch.Tensor) -> torch.Tensor:
+        """Network ids -> the given ids."""
+        return label if self._network_to_given is None else self._network_to_given[label]
+
+    def _given_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        """(H, W, 1 + n) probabilities in the network's order -> (H, W, 1 + max given id), channel = given id."""
+        if self._network_to_given is None:
+            return probs
+        out = probs.new_zeros(*probs.shape[:2], max(self.object_ids) + 1)
+        return out.index_copy_(2, self._network_to_given, probs)
 
     def _layout(self) -> FrameLayout:
         """This video's constants for the step's functions. Eagerly, a group's one-hot and logits hold its 1 + n
@@ -196,14 +250,13 @@ class InferenceSession:
             raise RuntimeError("objects already added; pass later masks to step(frame, mask)")
         inputs = self._to_input(frame)
         label = self._mask_tensor(mask)
-        self.num_objects = int(label.max())
+        self.num_objects = len(self.object_ids)
         if self.num_objects == 0:
             raise ValueError("the first mask holds no object")
         self.frame_index += 1
         with self._autocast():
             self._reference(inputs, label)
-        self.last_mask = label
-        return one_hot_mask(label[None], self.num_objects)[0]
+        return self._given_one_hot(label)
 
     @torch.no_grad()
     def step(self, frame, mask=None) -> torch.Tensor:
@@ -221,33 +274,47 @@ class InferenceSession:
             if new is not None and int(new.max()) > 0:  # new objects: this frame becomes a reference
                 _, label, encoded, _ = self.step_functions.predict(inputs, states, layout)
                 label = torch.where(new > 0, new, label)
-                self.num_objects = max(self.num_objects, int(label.max()))
+                self.num_objects = len(self.object_ids)
                 self._reference(inputs, label, encoded)
-                self.last_mask = label
-                return one_hot_mask(label[None], self.num_objects)[0]
+                return self._given_one_hot(label)
             probs, label, short_terms = self.step_functions.segment(inputs, states, layout)
             probs = probs[..., : self.num_objects + 1]
             for trackers, view_terms in zip(self.views, short_terms):
                 for tracker, short_term in zip(trackers, view_terms):
                     tracker.store(short_term, frame_index=self.frame_index)
-        self.last_mask = label
-        return probs.permute(2, 0, 1)
+        self.last_mask = self._given_label(label)
+        return self._given_probs(probs).permute(2, 0, 1)
+
+    def _given_one_hot(self, label: torch.Tensor) -> torch.Tensor:
+        """A reference frame's result: ``last_mask`` and its one-hot, in the given ids."""
+        self.last_mask = self._given_label(label)
+        return one_hot_mask(self.last_mask[None], max(self.object_ids))[0]
 
     @torch.no_grad()
-    def warm_up(self, frame_size: tuple[int, int]) -> None:
+    def warm_up(self, frame_size: tuple[int, int], num_objects: int | tuple[int, ...] = 1) -> None:
         """With ``compile``: compile every step function (and record its CUDA graphs) for videos of this frame
         size before one is timed, on a throwaway session over random frames. Its long-term gap is 3 (the gap is
         no input of a compiled function): the frame with the reference alone in memory runs 3 times (frames
         1-3; compiled with CUDA graphs), the frame with a full memory 12 times and the memory write 4 times
         (frames 6, 9, 12, 15): each at least three times, enough for CUDA graphs to be recorded and replayed.
-        Once per inference size and precision (the compiled step is shared); nothing to do eagerly."""
+        ``num_objects``: the video's object count, or the counts it will have (objects that enter later):
+        more objects than the ID bank holds make more groups, another compiled shape, rehearsed here too.
+        Once per inference size, precision and group count (the compiled step is shared); nothing to do eagerly."""
         step = self.step_functions
         if not self.compile or not isinstance(step, CompiledFrameStep) or step.disabled:
             return
         h, w = frame_size
-        key = (inference_size(h, w, self.max_long_edge, self.max_short_edge, self.net.size_multiple), self.amp_dtype)
-        if key in step.warmed:
-            return
+        size = inference_size(h, w, self.max_long_edge, self.max_short_edge, self.net.size_multiple)
+        counts = (num_objects,) if isinstance(num_objects, int) else tuple(num_objects)
+        for count in sorted({max(1, int(c)) for c in counts}):
+            key = (size, self.amp_dtype, self.flip, math.ceil(count / self.group_size))
+            if key in step.warmed:
+                continue
+            self._rehearse(step, h, w, count)
+            step.warmed.add(key)
+
+    def _rehearse(self, step: CompiledFrameStep, h: int, w: int, count: int) -> None:
+        """``warm_up``'s throwaway session: 16 random frames, ``count`` objects (side by side stripes)."""
         rehearsal = InferenceSession(self.net, long_term_gap=3, max_long_edge=self.max_long_edge,
                                      max_short_edge=self.max_short_edge, flip=self.flip, amp=self.amp,
                                      device=self.device)
@@ -255,11 +322,11 @@ class InferenceSession:
         generator = torch.Generator(device=self.device).manual_seed(0)
         frames = torch.randint(0, 256, (16, h, w, 3), generator=generator, device=self.device, dtype=torch.uint8)
         mask = torch.zeros(h, w, dtype=torch.int64, device=self.device)
-        mask[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1
+        columns = torch.arange(w, device=self.device) * count // w + 1  # objects 1..count across the width
+        mask[h // 4: 3 * h // 4] = columns
         rehearsal.add_objects(frames[0], mask)
         for frame in frames[1:]:
             rehearsal.step(frame)
-        step.warmed.add(key)
 
     def memory_bytes(self) -> int:
         """Bytes of the long-term memory that every object group of every view reads (each storage once)."""

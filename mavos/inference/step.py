@@ -203,6 +203,9 @@ class FrameStep:
         return segment(self.net, inputs, states, layout)
 
 
+RECOMPILE_LIMIT = 64  # shapes of one compiled step function (frame sizes x slot counts x groups)
+
+
 def compiler_problem(device: torch.device) -> str | None:
     """Why ``torch.compile`` cannot work here, or None."""
     if not hasattr(torch, "compile"):
@@ -256,8 +259,13 @@ class CompiledFrameStep(FrameStep):
             self.disabled = compiler_problem(device)
         if self.disabled:
             warnings.warn(f"session.compile: running eagerly ({self.disabled})", stacklevel=3)
+        else:
+            # dynamo compiles a function for at most 8 shapes, then runs it eagerly without telling the caller;
+            # every frame size of a benchmark is a shape here (x2 with CUDA graphs, x the object groups), and
+            # YouTube-VOS has more than 4 sizes: a silent fall-back would make the reported speed the eager one
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         self._compiled: dict[str, Callable] = {}
-        self.warmed: set = set()  # (inference size, autocast dtype) pairs InferenceSession.warm_up has run
+        self.warmed: set = set()  # (inference size, autocast dtype, flip, groups) InferenceSession.warm_up ran
 
     @property
     def net(self) -> VOSNetwork:
