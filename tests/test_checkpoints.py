@@ -193,3 +193,49 @@ def test_shift_mask_separates_wrapped_regions():
     for window, region in enumerate([(col >= 4).long(), (row >= 4).long() * 2 + (col >= 4).long()]):
         expected = (region[:, None] != region[None, :]).float() * -100.0
         assert torch.equal(mask[window], expected)
+
+
+def test_a_checkpoint_trained_from_imagenet_weights_loads_where_that_file_is_not(tmp_path):
+    """Training stores the whole network config, ImageNet file included; the checkpoint carries its own weights,
+    so loading it elsewhere must not look for that file. A config that cannot be built says why (the root
+    cause, not only Hydra's first line)."""
+    from mavos.checkpoints.loading import NETWORK_KEY, CheckpointError, load_network, network_record
+    from mavos.registry import network_config
+
+    torch.manual_seed(0)
+    net = build_network("mavos_mbv2")
+    config = network_config("mavos_mbv2", ["model.net.encoder.weights=weights/mobilenet_v2-b0353104.pth"])
+    assert config["encoder"]["weights"] == "weights/mobilenet_v2-b0353104.pth"
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                NETWORK_KEY: network_record(config, "mavos_mbv2")}, path)
+    loaded = load_network(path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+
+    broken = {**config, "encoder": {**config["encoder"], "freeze_at": "not a number"}}
+    torch.save({"state_dict": {}, NETWORK_KEY: network_record(broken, "mavos_mbv2")}, path)
+    with pytest.raises(CheckpointError, match=r"trained\.ckpt.*cannot be built.*\((TypeError|ValueError): "):
+        load_network(path)
+
+
+def test_a_checkpoint_of_the_wrong_kind_says_what_to_do(tmp_path, capsys):
+    """The authors' file given where ours is expected points to the converter; ours given to the converter says
+    it needs no conversion; an empty file and a folder say so."""
+    from mavos.checkpoints.loading import CheckpointError, load_network
+
+    official = tmp_path / "MAVOS_mbv2.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in fake_official_state("mavos_mbv2").items()}}, official)
+    for model in (None, "mavos_mbv2"):
+        with pytest.raises(CheckpointError, match=r"authors' code .*python -m mavos.checkpoints convert .*MAVOS_mbv2"):
+            load_network(official, model)
+    ours = tmp_path / "ours.ckpt"
+    assert cli_main(["convert", str(official), str(ours), "model=mavos_mbv2"]) == 0
+    capsys.readouterr()
+    cases = {ours: "already a mavos checkpoint", tmp_path / "empty.pth": "the file is empty",
+             tmp_path: "is a folder, not a checkpoint file"}
+    (tmp_path / "empty.pth").write_bytes(b"")
+    for src, said in cases.items():
+        assert cli_main(["convert", str(src), str(tmp_path / "again.ckpt"), "model=mavos_mbv2"]) == 1
+        err = capsys.readouterr().err
+        assert said in err and "unsafe_load" not in err
+    assert not (tmp_path / "again.ckpt").exists()

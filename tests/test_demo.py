@@ -158,6 +158,26 @@ def test_checkpoint_with_the_other_memory_keeps_every_weight_outside_it(networks
         cache.get("weights/a.ckpt")
 
 
+def test_the_page_cannot_make_the_server_unpickle_a_file_outside_the_checkpoint_folders(networks, tmp_path):
+    """The checkpoint's name comes from the browser (the dropdown takes typed values): an uploaded file or any
+    path elsewhere is refused before it is read; the folders the page lists and the operator's own file load."""
+    from mavos.registry import ConfigError
+
+    net = networks.get(RANDOM)[0]
+    root, elsewhere = tmp_path / "root", tmp_path / "uploads"
+    for path in (root / "weights/a.ckpt", root / "logs/train/runs/r/checkpoints/last.ckpt", elsewhere / "x.ckpt"):
+        write_checkpoint(path, net)
+    cache = NetworkCache(root, torch.device("cpu"), started_with=str(elsewhere / "x.ckpt"))
+    assert cache.get("weights/a.ckpt")[0] is not None
+    assert cache.get("logs/train/runs/r/checkpoints/last.ckpt")[0] is not None
+    assert cache.get(str(elsewhere / "x.ckpt"))[0] is not None   # the demo was started with it
+    evil = elsewhere / "upload.mp4"
+    evil.write_bytes((elsewhere / "x.ckpt").read_bytes())
+    for name in (str(evil), "weights/../../uploads/upload.mp4", "/etc/passwd"):
+        with pytest.raises(ConfigError, match="loads checkpoints from weights/ and logs/"):
+            cache.get(name)
+
+
 # ----------------------------------------------------------------------------- videos
 def test_uploaded_video_is_checked_and_described(tmp_path):
     video = open_uploaded_video(make_video(tmp_path / "walk.mp4", frames=4), max_mb=10, max_frames=10)
@@ -180,6 +200,10 @@ def test_not_a_video_and_a_video_without_frames_are_messages(tmp_path):
     writer.release()  # a container with no frames
     with pytest.raises(InputError, match="empty.mp4 has no video frames"):
         open_uploaded_video(empty, max_mb=10, max_frames=10)
+    image = tmp_path / "photo.jpg"   # FFmpeg reads an image as a one-frame video
+    cv2.imwrite(str(image), np.full((48, 64, 3), 120, np.uint8))
+    with pytest.raises(InputError, match="photo.jpg has one frame .*at least two"):
+        open_uploaded_video(image, max_mb=10, max_frames=10)
 
 
 def test_benchmark_val_videos_are_generated_on_first_use(tmp_path):

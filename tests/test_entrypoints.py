@@ -17,7 +17,7 @@ from tests.conftest import SMALL_CLIPS, TINY_SYNTHETIC, run_python, run_script
 pytestmark = pytest.mark.slow
 
 # 4 steps, validation (the 2 tiny val videos, 6 and 9 frames) after steps 2 and 4
-TRAIN_TINY = [*TINY_SYNTHETIC, *SMALL_CLIPS, "trainer.max_steps=4", "trainer.val_check_interval=2"]
+TRAIN_TINY = [*TINY_SYNTHETIC, *SMALL_CLIPS, "trainer.max_steps=5", "trainer.val_check_interval=2"]
 
 
 def _ok(proc):
@@ -55,7 +55,7 @@ def test_training_validates_and_keeps_the_best_checkpoints_by_score(run_dir: Pat
     assert [c[:11] for c in scored] == ["step_000002", "step_000004"]
     assert all(re.fullmatch(r"step_\d{6}-jf_\d\.\d{4}\.ckpt", c) for c in scored)
     last = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
-    assert last["global_step"] == 4
+    assert last["global_step"] == 5   # step 5 is no validation step: last.ckpt is written when training stops
     history = last["mavos_val_history"]
     assert [s for s, _ in history] == [2, 4]
     for (step, score), name in zip(history, scored):

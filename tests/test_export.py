@@ -154,3 +154,13 @@ def test_cli_reports_bad_requests(checkpoint, tmp_path, capsys):
     assert export_main(["size=65x65"]) == 2
     assert export_main([f"ckpt_path={tmp_path / 'missing.ckpt'}", "size=65x65"]) == 1
     assert "does not exist" in capsys.readouterr().err
+    # bad numbers and an output path that is a file: one line each, no traceback, nothing exported
+    for option, said in (("gap=abc", "gap='abc': expected a whole number"), ("gap=0", "gap=0: must be at least 1"),
+                         ("opset=x", "opset='x': expected a whole number")):
+        assert export_main([f"ckpt_path={checkpoint}", "size=65x65", f"out={tmp_path / 'o'}", option]) == 1
+        assert said in capsys.readouterr().err
+    taken = tmp_path / "a_file"
+    taken.write_text("mine")
+    assert export_main([f"ckpt_path={checkpoint}", "size=65x65", f"out={taken}"]) == 1
+    assert "a file is there" in capsys.readouterr().err and taken.read_text() == "mine"
+    assert not (tmp_path / "o").exists()

@@ -229,3 +229,25 @@ def test_ltv_missing_split_file_and_root(tmp_path):
     _ltv(tmp_path)
     with pytest.raises(DatasetError, match=r"test\.txt"):
         LongTimeVideoReader(tmp_path, split_file="ImageSets/test.txt").videos()
+
+
+def test_held_out_validation_videos_are_never_trained_on_and_a_split_too_small_is_refused():
+    from mavos.data.holdout import HeldOutReader
+    from mavos.data.records import DatasetError, VideoRecord
+
+    class Reader:
+        split, root = "train", "YTB/2019"
+
+        def __init__(self, n):
+            self.n = n
+
+        def videos(self):
+            return [VideoRecord(f"v{i:02d}", [], [], {}) for i in range(self.n)]
+
+    held = [r.name for r in HeldOutReader(Reader(12), 3, "holdout").videos()]
+    rest = [r.name for r in HeldOutReader(Reader(12), 3, "rest").videos()]
+    assert held == ["v00", "v04", "v08"]   # spread evenly over the sorted names: 0, 12/3, 2*12/3
+    assert sorted(held + rest) == [f"v{i:02d}" for i in range(12)] and not set(held) & set(rest)
+    with pytest.raises(DatasetError, match=r"all 12 train videos are held out.*data.holdout_videos=30"):
+        HeldOutReader(Reader(12), 30, "rest").videos()
+    assert len(HeldOutReader(Reader(12), 30, "holdout").videos()) == 12

@@ -305,3 +305,20 @@ def test_frames_of_every_dtype_mean_the_same_picture(net):
                     lambda f: torch.from_numpy(f).float(), lambda f: f.astype(np.float32),
                     lambda f: torch.from_numpy(f).float() / 255, lambda f: f.astype(np.float64) / 255):
         assert (run(convert) - reference).abs().max() < 1e-5
+
+
+def test_a_session_without_amp_runs_in_float32_inside_a_mixed_precision_caller(net):
+    """Validation runs inside Lightning's mixed-precision step context; the session (amp unset) must score the
+    float32 model there, as evaluate.py does, not the caller's bf16."""
+    vid = frames(3, h=33, w=49)
+    mask = _squares([(1, (10, 10))], h=33, w=49)
+
+    def run():
+        session = InferenceSession(net)
+        session.add_objects(vid[0], mask)
+        return torch.stack([session.step(f) for f in vid[1:]])
+
+    plain = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = run()
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)

@@ -160,6 +160,31 @@ def test_identity_lr_is_zero_from_the_sequential_switch():
     assert RecipeLRLambda(100, 1e-4, 1e-5)(50) > 0
 
 
+def test_a_run_resumed_with_more_steps_follows_the_new_schedule_and_a_backwards_one_is_refused():
+    """4 steps saved, resumed with trainer.max_steps=8: the learning rate decays over 8 steps from there
+    (Lightning restores the scheduler after the module's on_load_checkpoint, with what that leaves)."""
+    from mavos.registry import ConfigError
+
+    hp = dict(lr=1e-3, min_lr=1e-4, warmup_ratio=0.0, sequential_start=1.0)
+    first = VOSLitModule(build_network("mavos_mbv2"), total_steps=4, **hp)
+    sched = first.configure_optimizers()["lr_scheduler"]["scheduler"]
+    for _ in range(4):
+        sched.optimizer.step()
+        sched.step()
+    checkpoint = {"lr_schedulers": [sched.state_dict()]}
+    resumed = VOSLitModule(build_network("mavos_mbv2"), total_steps=8, **hp)
+    resumed.on_load_checkpoint(checkpoint)
+    again = resumed.configure_optimizers()["lr_scheduler"]["scheduler"]
+    again.load_state_dict(checkpoint["lr_schedulers"][0])
+    again.optimizer.step()
+    again.step()   # step 5 of 8: poly decay, min_lr + (lr - min_lr) * (1 - 5 / 9) ** 0.9
+    main = next(g for g in again.optimizer.param_groups if g["name"] == "main")
+    assert main["lr"] == pytest.approx(1e-4 + 9e-4 * (4 / 9) ** 0.9)
+    assert all(fn.total_steps == 8 for fn in again.lr_lambdas)
+    with pytest.raises(ConfigError, match=r"model.lr=1e-05 is below model.min_lr=2e-05"):
+        RecipeLRLambda(10, 1e-5, 2e-5)
+
+
 class _Clips(torch.utils.data.Dataset):
     def __len__(self):
         return 8

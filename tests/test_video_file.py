@@ -54,6 +54,38 @@ def test_auto_falls_back_to_pyav_without_decord(mp4, monkeypatch):
     _check_frames(list(read_video_frames(mp4)))
 
 
+@pytest.mark.parametrize("degrees", [90, 180, -90])
+def test_a_rotated_phone_video_reads_upright_as_a_player_shows_it(tmp_path, degrees):
+    """A display rotation (portrait phone videos): decord cannot decode 90 / 270 degrees, and PyAV returns the
+    frames as stored; the frames come out turned as OpenCV's player-style reader (auto-orientation) shows them."""
+    av = pytest.importorskip("av")
+    path = tmp_path / f"rot{degrees}.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.height, stream.width, stream.pix_fmt = H, W, "yuv420p"
+        if not hasattr(stream, "set_display_rotation"):
+            pytest.skip("this PyAV cannot write a display rotation")
+        stream.set_display_rotation(degrees)
+        for i in range(4):
+            rgb = np.zeros((H, W, 3), np.uint8)
+            rgb[: H // 3, : W // 4] = _colour(i)   # a block in the stored top-left corner
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    capture = cv2.VideoCapture(str(path))
+    shown = []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        shown.append(bgr[..., ::-1])
+    frames = list(read_video_frames(path))
+    upright = (W, H, 3) if degrees % 180 else (H, W, 3)
+    assert len(frames) == len(shown) == 4 and frames[0].shape == shown[0].shape == upright
+    assert max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(frames, shown)) <= 2
+
+
 @pytest.mark.parametrize("backend", ["auto", "decord", "pyav"])
 def test_unreadable_video_names_it(tmp_path, backend):
     bad = tmp_path / "broken.mp4"
@@ -152,3 +184,28 @@ def test_frame_folder_errors_name_the_file(tmp_path):
     (frames / "frame2.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     with pytest.raises(DatasetError, match=r"frame2\.jpg: cannot read image"):
         FrameFolderReader(frames, masks).videos()
+
+
+def test_a_black_and_white_mask_with_soft_edges_or_jpeg_noise_is_one_object(tmp_path):
+    """An editor's anti-aliased brush or a mask saved as JPEG is still one object (greys thresholded at 128), not
+    a dozen objects of edge greys with the object itself taken for void; a greyscale id mask stays ids."""
+    from PIL import Image
+
+    from mavos.data.io import is_binary_mask_file, read_user_mask
+
+    square = np.zeros((60, 80), np.uint8)
+    square[15:45, 20:60] = 255
+    soft = cv2.GaussianBlur(square, (3, 3), 0.8)   # an anti-aliased brush: greys along the edge
+    assert len(np.unique(soft)) > 5
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    cv2.imwrite(str(tmp_path / "noisy.jpg"), square, [cv2.IMWRITE_JPEG_QUALITY, 75])
+    for name in ("soft.png", "noisy.jpg"):
+        mask = read_user_mask(tmp_path / name)
+        assert set(np.unique(mask).tolist()) == {0, 1} and is_binary_mask_file(tmp_path / name)
+        inner, outer = mask[17:43, 22:58], np.concatenate([mask[:12].ravel(), mask[48:].ravel()])
+        assert inner.all() and not outer.any()   # the square, whatever its edge pixels became
+    ids = np.zeros((60, 80), np.uint8)
+    ids[10:20, 10:20], ids[30:40, 30:40], ids[0, :] = 1, 2, 255   # objects 1, 2 and a void row
+    Image.fromarray(ids).save(tmp_path / "ids.png")
+    assert not is_binary_mask_file(tmp_path / "ids.png")
+    assert set(np.unique(read_user_mask(tmp_path / "ids.png")).tolist()) == {0, 1, 2, 255}

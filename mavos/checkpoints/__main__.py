@@ -34,13 +34,25 @@ class ConversionReport:
 
 
 def read_official(path: Path, unsafe_load: bool = False) -> dict:
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (an interrupted download?)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe_load)
+        raw = torch.load(path, map_location="cpu", weights_only=not unsafe_load)
     except Exception as e:
-        hint = "" if unsafe_load else " (if the file is trusted and holds non-tensor objects, add unsafe_load=true)"
-        raise CheckpointError(f"{path}: cannot read checkpoint: {e}{hint}") from e
+        why = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        pickled = "weights_only" in str(e) or "Unsupported global" in str(e)
+        hint = " (if the file is trusted and holds non-tensor objects, add unsafe_load=true)" \
+            if pickled and not unsafe_load else ""
+        raise CheckpointError(f"{path}: cannot read checkpoint: {why}{hint}") from e
+    if isinstance(raw, dict) and (NETWORK_KEY in raw or any(
+            isinstance(k, str) and k.startswith("net.") for k in (raw.get("state_dict") or {}))):
+        raise CheckpointError(f"{path}: already a mavos checkpoint (converted, or written by train.py): "
+                              f"evaluate.py, the demo and load_network take it as it is")
+    return raw
 
 
 def convert_checkpoint_file(src: str | Path, dst: str | Path, model: str,

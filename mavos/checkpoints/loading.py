@@ -55,6 +55,17 @@ def network_state(ckpt: dict, path: str | Path = "checkpoint") -> dict[str, torc
     return state
 
 
+OFFICIAL_KEY_PREFIXES = ("LSTT.", "patch_wise_id_bank.", "long_term_memory_attention.", "module.")
+
+
+def convert_first(path: str | Path, state: Mapping) -> str:
+    """A hint for a checkpoint of the authors' code (its key names), or ""."""
+    if any(isinstance(k, str) and k.startswith(OFFICIAL_KEY_PREFIXES) for k in state):
+        return (f" It is a checkpoint of the authors' code (MAVOS / aot-benchmark key names): convert it first, "
+                f"python -m mavos.checkpoints convert {path} weights/<name>.ckpt model=<name>.")
+    return ""
+
+
 def read_network_state(path: str | Path) -> dict[str, torch.Tensor]:
     return network_state(read_checkpoint(path), path)
 
@@ -116,8 +127,11 @@ def resolve_network_config(path: str | Path, ckpt: dict, requested: Mapping | No
     record = stored_network(ckpt)
     if record is None:
         if requested is None:
-            raise CheckpointError(f"{path}: the checkpoint does not say which network it holds (written before "
-                                  f"checkpoints stored their config, or not by mavos); pass model=<name>")
+            state = ckpt.get("state_dict", ckpt)
+            official = convert_first(path, state if isinstance(state, dict) else {})
+            raise CheckpointError(f"{path}: the checkpoint does not say which network it holds" + (
+                f".{official}" if official else " (written before checkpoints stored their config, or not by "
+                                                "mavos); pass model=<name>"))
         return dict(requested), requested_name
     config, name = dict(record["config"]), record.get("model")
     if requested is None:
@@ -152,17 +166,29 @@ def load_network(path: str | Path, model: str | None = None, overrides: tuple[st
 
 
 def build_checkpoint_network(path: str | Path, config: Mapping[str, Any]):
-    """Build the network a checkpoint's config describes; a config that cannot be built names the file and key."""
+    """Build the network a checkpoint's config describes; a config that cannot be built names the file and key.
+
+    The encoder's pretrained-weights file (``encoder.weights``, ImageNet's, used when training started) is not
+    read: the checkpoint's own weights replace it, and the file is rarely where the checkpoint travels to."""
     from mavos.registry import build_network
 
+    config = dict(config)
+    if isinstance(config.get("encoder"), Mapping) and config["encoder"].get("weights") is not None:
+        config["encoder"] = {**config["encoder"], "weights": None}
     try:
         return build_network(config)
     except Exception as e:
         targets = {k: v for k, v in _flatten(config).items() if k.endswith("_target_")}
         bad = [f"{k}={v}" for k, v in targets.items() if not _importable(str(v))]
         where = f" (unknown {', '.join(bad)})" if bad else ""
+        root = e
+        while root.__cause__ is not None:  # Hydra wraps the constructor's error: say what it was
+            root = root.__cause__
+        why = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        if root is not e:
+            why += f" ({type(root).__name__}: {str(root).splitlines()[0][:300] if str(root) else ''})"
         raise CheckpointError(f"{path}: the network config stored in {NETWORK_KEY!r} cannot be built{where}: "
-                              f"{str(e).splitlines()[0][:300]}") from e
+                              f"{why}") from e
 
 
 def _importable(target: str) -> bool:
@@ -205,7 +231,9 @@ def load_state(net: nn.Module, state: dict[str, torch.Tensor], path: str | Path 
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches [{head(wrong)}]")
         memory = type(getattr(net, "memory", None)).__name__
+        hint = convert_first(path, state) or (" Pick the model config the checkpoint was trained with (model=..., "
+                                              "memory=...).")
         raise CheckpointError(f"{path}: checkpoint does not fit the model ({memory} memory, "
                               f"{sum(p.numel() for p in net.parameters()):,} parameters): " + "; ".join(parts) +
-                              ". Pick the model config the checkpoint was trained with (model=..., memory=...).")
+                              "." + hint)
     net.load_state_dict(state, strict=True)

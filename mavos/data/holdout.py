@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mavos.data.records import VideoRecord
+from mavos.data.records import DatasetError, VideoRecord
 
 
 class HeldOutReader:
@@ -36,5 +36,9 @@ class HeldOutReader:
     def videos(self) -> list[VideoRecord]:
         records = self.reader.videos()
         held = self.held_out_names([r.name for r in records])
+        if self.part == "rest" and len(held) == len(records):
+            raise DatasetError(f"{self.root or self.reader!r}: all {len(records)} {getattr(self.reader, 'split', '')} "
+                               f"videos are held out for validation (data.holdout_videos={self.count}), none is left "
+                               f"to train on; set data.holdout_videos below {len(records)}")
         keep = (lambda r: r.name in held) if self.part == "holdout" else (lambda r: r.name not in held)
         return [r for r in records if keep(r)]

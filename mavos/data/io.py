@@ -74,7 +74,8 @@ def read_user_mask(path: str | Path) -> np.ndarray:
     """A mask a person made for their own video: object ids, with binary masks read as one object.
 
     Palette PNGs hold ids (255 = void, as in DAVIS). A greyscale / RGB mask whose only values are 0 and 255 (the
-    most common kind: a binary mask from an editor or a segmentation tool) is object 1 where it is 255.
+    most common kind: a binary mask from an editor or a segmentation tool) is object 1 where it is 255; so is one
+    that is black and white but for soft (anti-aliased) edges or JPEG noise, thresholded at 128.
     """
     path = Path(path)
     try:
@@ -90,10 +91,21 @@ def read_user_mask(path: str | Path) -> np.ndarray:
                 grey = np.asarray(img.convert("L"), dtype=np.uint8)
         except Exception as e:
             raise DatasetError(f"{path}: cannot read mask ({e})") from e
-        values = np.unique(grey)
-        if values.size and set(values.tolist()) <= {0, 255} and values[-1] == 255:
-            return (grey == 255).astype(np.uint8)
+        if _black_and_white(grey):
+            return (grey >= 128).astype(np.uint8)
     return read_mask(path)
+
+
+def _black_and_white(grey: np.ndarray) -> bool:
+    """Whether a greyscale mask is a binary one: only 0 and 255, or nearly all pixels near 0 or 255 with the
+    rest edge greys that reach above 127 (an id mask's small ids, 1, 2, ..., beside 255 = void, never do)."""
+    values = np.unique(grey)
+    if not values.size or values[-1] != 255:
+        return False
+    if set(values.tolist()) <= {0, 255}:
+        return True
+    near_ends = np.count_nonzero((grey <= 16) | (grey >= 239)) / grey.size
+    return near_ends >= 0.9 and bool(((values >= 128) & (values < 255)).any())
 
 
 def read_any_mask(path: str | Path, user_masks: bool) -> np.ndarray:
@@ -106,8 +118,7 @@ def is_binary_mask_file(path: str | Path) -> bool:
     with Image.open(path) as img:
         if img.mode == "P":
             return False
-        values = np.unique(np.asarray(img.convert("L"), dtype=np.uint8)).tolist()
-    return bool(values) and set(values) <= {0, 255} and values[-1] == 255
+        return _black_and_white(np.asarray(img.convert("L"), dtype=np.uint8))
 
 
 def atomic_save(save_fn, path: str | Path) -> None:

@@ -1,7 +1,9 @@
 """A user's own video: a video file or a folder of frames, plus a first-frame mask.
 
 Video files are decoded behind one function, :func:`read_video_frames`: decord by default (fast,
-frame-accurate), PyAV where decord is not installed or cannot open the file.
+frame-accurate), PyAV where decord is not installed or cannot read the file, and for files with a display
+rotation (portrait phone videos): decord fails on 90 / 270 degrees (dmlc/decord#336), so those go through PyAV,
+which turns each frame the way a player shows it.
 
 Why a JPEG cache: a :class:`VideoRecord` lists frame *files* so every consumer (inference, writers,
 the evaluator) reads videos the same way. :class:`VideoFileReader` therefore decodes the video once
@@ -38,9 +40,10 @@ log = logging.getLogger(__name__)
 def read_video_frames(path: str | Path, backend: str = "auto") -> Iterator[np.ndarray]:
     """Open a video and return an iterator of its frames as (H, W, 3) uint8 RGB arrays.
 
-    backend: ``auto`` (decord, then PyAV when decord is missing or fails to open the file),
-    ``decord`` or ``pyav``. The file is opened before this returns, so an unreadable video raises a
-    DatasetError naming it here rather than on the first frame.
+    backend: ``auto`` (decord, then PyAV when decord is missing or fails to read the file's first frames;
+    PyAV for a file with a display rotation), ``decord`` or ``pyav``. Frames are upright as a player shows them
+    (PyAV applies the display rotation). The file is opened and its first frames decoded before this returns,
+    so an unreadable video raises a DatasetError naming it here rather than later.
     """
     path = Path(path)
     if backend not in ("auto", "decord", "pyav"):
@@ -48,6 +51,8 @@ def read_video_frames(path: str | Path, backend: str = "auto") -> Iterator[np.nd
     if not path.is_file():
         raise DatasetError(f"{path}: video file does not exist")
     errors = []
+    if backend == "auto" and display_rotation(path):
+        backend = "pyav"
     if backend in ("auto", "decord"):
         try:
             return _decord_frames(path)
@@ -62,6 +67,24 @@ def read_video_frames(path: str | Path, backend: str = "auto") -> Iterator[np.nd
         raise DatasetError(f"{path}: cannot open video ({'; '.join(errors)})") from e
 
 
+def display_rotation(path: Path) -> int:
+    """The counter-clockwise angle (degrees, a multiple of 90) a player turns the video's frames by: its display
+    matrix, as PyAV reads it from the first frame; 0 without one, or without PyAV."""
+    try:
+        import av
+    except ImportError:
+        return 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return 0
+            for frame in container.decode(container.streams.video[0]):
+                return int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4 * 90
+    except Exception:  # noqa: BLE001 - unreadable here: the readers below say why
+        return 0
+    return 0
+
+
 def _decord_frames(path: Path, batch: int = 16) -> Iterator[np.ndarray]:
     import decord
 
@@ -69,10 +92,15 @@ def _decord_frames(path: Path, batch: int = 16) -> Iterator[np.ndarray]:
     if len(reader) == 0:
         raise ValueError("no frames")
 
+    def read(begin: int) -> np.ndarray:
+        return reader.get_batch(list(range(begin, min(begin + batch, len(reader))))).asnumpy()
+
+    first = read(0)  # here, not in the iterator: a file decord opens but cannot decode falls back to PyAV
+
     def frames() -> Iterator[np.ndarray]:
         for begin in range(0, len(reader), batch):
             try:
-                chunk = reader.get_batch(list(range(begin, min(begin + batch, len(reader))))).asnumpy()
+                chunk = first if begin == 0 else read(begin)
             except Exception as e:  # decord's error type lives in a private module
                 raise DatasetError(f"{path}: video decoding failed at frame {begin} ({e})") from e
             yield from (np.ascontiguousarray(f, dtype=np.uint8) for f in chunk)
@@ -91,7 +119,9 @@ def _pyav_frames(path: Path) -> Iterator[np.ndarray]:
     def frames() -> Iterator[np.ndarray]:
         try:
             for frame in container.decode(container.streams.video[0]):
-                yield frame.to_ndarray(format="rgb24")
+                image = frame.to_ndarray(format="rgb24")
+                turns = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
+                yield np.ascontiguousarray(np.rot90(image, turns)) if turns else image
         except av.FFmpegError as e:
             raise DatasetError(f"{path}: video decoding failed ({e})") from e
         finally:

@@ -110,7 +110,7 @@ def build_app(settings: DemoSettings) -> tuple[gr.Blocks, JobBoard]:
     root = Path(settings.root)
     device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else
                           "cpu" if settings.device == "auto" else settings.device)
-    networks = NetworkCache(root, device)
+    networks = NetworkCache(root, device, started_with=settings.ckpt_path)
     board = JobBoard(settings.jobs_dir)
     benchmark = BenchmarkVideos(root / "data" / "synthetic_davis", **settings.benchmark)
     resolution = settings.resolution or ("480" if device.type == "cuda" else "240")
@@ -197,11 +197,11 @@ def build_app(settings: DemoSettings) -> tuple[gr.Blocks, JobBoard]:
         try:
             result = run_job(run_request, job, networks,
                              progress=lambda fraction, text: progress(fraction, desc=text))
+            times, memories = _plots(result)
         except JobCancelled:
             return {run_status: "Cancelled; the run's files were removed."}
         except Exception as e:
             return {run_status: _problem(e)}
-        times, memories = _plots(result)
         lines = [f"Done: {video.name}, {note}."] + [
             f"- {result.summary(m)}. {result.notes[m]}" for m in result.memories]
         if checkpoint == RANDOM:

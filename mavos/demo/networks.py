@@ -16,7 +16,7 @@ import torch
 
 from mavos.checkpoints.loading import load_network, load_state, read_checkpoint, stored_network
 from mavos.model.memory import BankMemory, FIFOMemory, MCAMemory
-from mavos.registry import build_network, network_config
+from mavos.registry import ConfigError, build_network, network_config
 
 RANDOM = "random weights (mavos_mbv2, seed 0)"
 RANDOM_MODEL = "mavos_mbv2"
@@ -93,14 +93,28 @@ class NetworkCache:
     runs share them.
     """
 
-    def __init__(self, root: str | Path, device: torch.device, size: int = 4) -> None:
+    def __init__(self, root: str | Path, device: torch.device, size: int = 4, started_with: str | None = None) -> None:
         self.root, self.device, self.size = Path(root), device, size
+        self.started_with = None if started_with in (None, RANDOM) else self._within_root(started_with).resolve()
         self._nets: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _path(self, checkpoint: str) -> Path:
+    def _within_root(self, checkpoint: str) -> Path:
         path = Path(checkpoint)
         return path if path.is_absolute() else self.root / path
+
+    def _path(self, checkpoint: str) -> Path:
+        """The file of a checkpoint the page names: under ``weights/`` or ``logs/`` of the root (what the page
+        lists), or the one the demo was started with. Anything else is refused: the name comes from the browser,
+        and a checkpoint is a pickle, which runs code as it loads."""
+        path = self._within_root(checkpoint)
+        resolved = path.resolve()
+        places = [(self.root / folder).resolve() for folder in ("weights", "logs")]
+        if resolved != self.started_with and not any(resolved.is_relative_to(place) for place in places):
+            raise ConfigError(f"{checkpoint}: this demo loads checkpoints from weights/ and logs/ under {self.root} "
+                              f"(or the ckpt_path it was started with), not from elsewhere: a checkpoint is a pickle, "
+                              f"and loading one runs its code")
+        return path
 
     def _key(self, checkpoint: str, policy: str) -> tuple:
         if checkpoint == RANDOM:

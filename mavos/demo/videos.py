@@ -96,6 +96,9 @@ def open_uploaded_video(path: str | Path, max_mb: float, max_frames: int, name: 
                          f"{_last_reason(str(e), path)}") from e
     if first is None:
         raise InputError(f"{name} has no video frames.")
+    if count < 2:
+        raise InputError(f"{name} has one frame (an image?); a video needs at least two: the first, with its mask, "
+                         f"and one to segment.")
     height, width = first.shape[:2]
     return VideoSource(name=Path(name).stem, num_frames=count, height=height, width=width, fps=_frame_rate(path),
                        first_frame=first, path=path)

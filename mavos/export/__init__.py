@@ -109,7 +109,7 @@ def export_steps(net: VOSNetwork, size: tuple[int, int], out_dir: str | Path, fo
                 program = torch.export.export(module, args)
                 atomic_save(lambda tmp: torch.export.save(program, tmp), path)
         files[name] = {"file": path.name, "inputs": inputs, "outputs": outputs}
-    gap = int(long_term_gap or net.memory.test_gap)
+    gap = int(net.memory.test_gap if long_term_gap is None else long_term_gap)
     manifest = {
         "format": format, "size": list(size), "max_objects": net.max_objects, "num_layers": layers,
         "long_term_gap": gap, "graphs": files,

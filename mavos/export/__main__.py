@@ -9,6 +9,7 @@ their network config. Writes mavos_export.json next to the graphs (inputs, outpu
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from mavos.checkpoints.__main__ import parse_options
 from mavos.checkpoints.loading import CheckpointError, load_network
@@ -30,6 +31,19 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def parse_count(options: dict, key: str, default: int | None) -> int | None:
+    """A whole number >= 1 from ``key=N``, or ``default`` when it is not given."""
+    if key not in options:
+        return default
+    try:
+        value = int(options[key])
+    except ValueError:
+        raise ExportError(f"{key}={options[key]!r}: expected a whole number") from None
+    if value < 1:
+        raise ExportError(f"{key}={value}: must be at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     options = parse_options(argv)
@@ -46,11 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     out = options.get("out", "export")
     try:
         size = parse_size(options["size"])
+        gap, opset = parse_count(options, "gap", None), parse_count(options, "opset", 18)
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ExportError(f"out={out}: a file is there; the export writes a folder")
         net = load_network(options["ckpt_path"], options.get("model"))
-        manifest = export_steps(net, size, out, fmt, long_term_gap=int(options["gap"]) if "gap" in options else None,
-                                opset=int(options.get("opset", 18)))
+        manifest = export_steps(net, size, out, fmt, long_term_gap=gap, opset=opset)
     except (CheckpointError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the output folder cannot be written (permissions, disk full): said, not a traceback
+        print(f"error: out={out}: {e}", file=sys.stderr)
         return 1
     names = ", ".join(g["file"] for g in manifest["graphs"].values())
     print(f"{options['ckpt_path']} -> {out}/: {names}, {out}/mavos_export.json "

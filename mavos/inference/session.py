@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import nullcontext
 
 import cv2
 import numpy as np
@@ -133,8 +132,10 @@ class InferenceSession:
         return [min(g, n - i * g) for i in range(max(1, math.ceil(n / g)))]
 
     def _autocast(self):
+        """The session's precision, whatever the caller's: without ``amp`` autocast is switched off, so that
+        validation inside a mixed-precision training step scores the float32 model that evaluate.py scores."""
         if self.amp_dtype is None:
-            return nullcontext()
+            return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _set_frame_size(self, h: int, w: int) -> None:

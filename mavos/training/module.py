@@ -203,6 +203,12 @@ class VOSLitModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_history = [tuple(x) for x in checkpoint.get("mavos_val_history", [])]
+        # The schedule follows this run's config: LambdaLR would restore the saved lambdas' fields (their
+        # total_steps, the ID bank's freeze step), so a run resumed with a longer trainer.max_steps would decay
+        # on the old length while the rest of the recipe (sequential training, aux weight) uses the new one.
+        for state in checkpoint.get("lr_schedulers", []):
+            if "lr_lambdas" in state:
+                state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

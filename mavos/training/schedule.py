@@ -20,6 +20,12 @@ class RecipeLRLambda:
 
     def __init__(self, total_steps: int, base_lr: float, min_lr: float, warmup_ratio: float = 0.05,
                  power: float = 0.9, ratio: float = 1.0, zero_from: int | None = None):
+        if base_lr < min_lr:
+            from mavos.registry import ConfigError
+
+            raise ConfigError(f"model.lr={base_lr:g} is below model.min_lr={min_lr:g}: the recipe warms up from "
+                              f"min_lr to lr and decays back to min_lr, so this would run backwards; raise "
+                              f"model.lr or lower model.min_lr")
         self.total_steps, self.base_lr, self.min_lr = total_steps, base_lr, min_lr
         self.warmup_ratio, self.power, self.ratio = warmup_ratio, power, ratio
         self.zero_from = zero_from
