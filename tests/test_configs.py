@@ -63,6 +63,20 @@ def test_model_configs_instantiate_the_official_sizes(model, params):
     assert sum(p.numel() for p in module.net.parameters()) == params
 
 
+@pytest.mark.parametrize("model", ["mavos_mbv2", "mavos_r50", "mavos_swinb"])
+def test_static_pretraining_follows_the_released_pre_stage(model):
+    """The authors' PRE configs: TRAIN_LR 4e-4, TRAIN_LR_MIN 2e-5, TRAIN_WEIGHT_DECAY 0.03,
+    TRAIN_SEQ_TRAINING_START_RATIO 1.0, TRAIN_AUX_LOSS_RATIO 0.1, whatever the backbone's main-stage values."""
+    from mavos.training.schedule import aux_weight
+
+    m = compose_train([f"model={model}", "data=static"]).model
+    assert (m.lr, m.min_lr, m.weight_decay, m.sequential_start, m.aux_loss_ratio) == (4e-4, 2e-5, 0.03, 1.0, 0.1)
+    assert compose_train([f"model={model}", "data=davis2017"]).model.aux_loss_ratio == 1.0
+    # weight 1 falling to 0 at 10% of 100k steps: 0.5 at step 5,000, 0 from 10,000 on
+    assert [aux_weight(s, 100_000, 1.0, 0.1) for s in (0, 5_000, 10_000, 50_000)] == [1.0, 0.5, 0.0, 0.0]
+    assert aux_weight(25_000, 100_000) == 0.75   # the main stage: over the whole run
+
+
 def test_embedded_benchmark_trains_batchnorm_from_scratch():
     cfg = compose_train([])
     assert cfg.model.net.encoder.frozen_bn is False and cfg.model.net.encoder.freeze_at == 0

@@ -317,13 +317,16 @@ def test_user_video_with_a_binary_mask_writes_masks_and_an_overlay(tiny_root: Pa
 
 
 def test_ddp_training_with_two_cpu_processes(tiny_root: Path):
-    """trainer=ddp_sim: Lightning DDP (gloo, 2 processes) through the same configs a multi-GPU run uses; the two
-    validation videos are sharded over the ranks and their J&F states reduced."""
-    proc = _ok(run_script("train.py", "trainer=ddp_sim", "trainer.max_steps=2", "trainer.val_check_interval=2",
-                          "logger=csv", *TINY_SYNTHETIC, *SMALL_CLIPS, "run_name=ddp", cwd=tiny_root))
+    """trainer=ddp_sim: Lightning DDP (gloo, 2 processes) through the same configs a multi-GPU run uses. One
+    validation video for two ranks: the rank without one still takes a validation step (DDP's buffer broadcast
+    at the first forward after training needs every rank) and joins the J&F gather. Training stops at step 3,
+    between validations: last.ckpt is written there by both ranks together."""
+    proc = _ok(run_script("train.py", "trainer=ddp_sim", "trainer.max_steps=3", "trainer.val_check_interval=2",
+                          "data.val_videos=1", "logger=csv", *TINY_SYNTHETIC, *SMALL_CLIPS, "run_name=ddp",
+                          cwd=tiny_root))
     state = torch.load(tiny_root / "logs/train/runs/ddp/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
-    assert state["global_step"] == 2
-    assert re.search(r"step 2: val/J&F \d\.\d{4} .* over 2 videos", proc.stdout + proc.stderr)
+    assert state["global_step"] == 3 and [s for s, _ in state["mavos_val_history"]] == [2]
+    assert re.search(r"step 2: val/J&F \d\.\d{4} .* over 1 video", proc.stdout + proc.stderr)
 
 
 def test_frame_folder_with_a_later_object(tiny_root: Path, trained: Path):

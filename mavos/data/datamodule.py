@@ -53,6 +53,9 @@ class EpochSampler(Sampler[int]):
         yield from torch.randint(0, self.num_items, (self.num_samples,), generator=g).tolist()
 
 
+NO_VIDEO = -1  # the validation index of a rank that has no video: its step segments nothing
+
+
 class VideoIndices(IterableDataset):
     """This rank's share of the validation videos, as indices (whole videos are not batched).
 
@@ -183,7 +186,9 @@ class VOSDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         indices = shard_videos(len(self.validation_videos()), rank, world, self.panel_videos)
         self.panel_indices = set(range(panel_count(len(self.validation_videos()), world, self.panel_videos)))
-        return DataLoader(VideoIndices(indices), batch_size=None, num_workers=0)
+        # A rank without a video (fewer videos than ranks) still runs one validation step, on NO_VIDEO: DDP
+        # broadcasts its buffers at the first forward after training, and every rank must take part in it.
+        return DataLoader(VideoIndices(indices or [NO_VIDEO]), batch_size=None, num_workers=0)
 
 
 def _describe(reader: Any) -> str:

@@ -18,13 +18,14 @@ from omegaconf import OmegaConf
 from torchmetrics.aggregation import SumMetric
 
 from mavos.checkpoints.loading import NETWORK_KEY
+from mavos.data.datamodule import NO_VIDEO
 from mavos.evaluation.evaluator import segment_video
 from mavos.inference.tracker import ObjectTracker, one_hot_mask
 from mavos.metrics.jf import JFMetric
 from mavos.metrics.protocols import plan_for_record
 from mavos.model.vos import VOSNetwork
 from mavos.training.losses import VOID_ID, VOSLoss
-from mavos.training.schedule import RecipeLRLambda
+from mavos.training.schedule import RecipeLRLambda, aux_weight
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class VOSLitModule(L.LightningModule):
     def __init__(self, net: VOSNetwork, loss: VOSLoss | None = None, lr: float = 5e-5, min_lr: float = 2e-5,
                  weight_decay: float = 0.07, encoder_lr_ratio: float = 0.1, warmup_ratio: float = 0.05,
                  lr_power: float = 0.9, long_term_gap: int | None = None, aux_loss_weight: float = 1.0,
-                 sequential_start: float = 0.5, shuffle_ids: bool = True, total_steps: int | None = None,
+                 aux_loss_ratio: float = 1.0, sequential_start: float = 0.5, shuffle_ids: bool = True, total_steps: int | None = None,
                  protocol: str = "davis", val_session: dict | None = None, panel_frames: int = 4):
         super().__init__()
         if val_session is not None and not isinstance(val_session, dict):  # a DictConfig from Hydra
@@ -75,8 +76,8 @@ class VOSLitModule(L.LightningModule):
         self.val_seconds = SumMetric()
         self.val_history: list[tuple[int, float]] = []   # (step, val/J&F), kept in checkpoints
         self._panels: dict[str, list] = {}
-        # DDP: a rank may get no validation video (fewer videos than ranks); it still joins the J&F gathers
-        self.allow_zero_length_dataloader_with_multiple_devices = True
+        # DDP: a rank may get no validation video (fewer videos than ranks); it runs one empty step (NO_VIDEO)
+        # and joins the J&F gathers
 
     # ------------------------------------------------------------------ training
     @property
@@ -137,7 +138,7 @@ class VOSLitModule(L.LightningModule):
         use_pred = step >= self.sequential_step()
         self.freeze_identity(use_pred)
         frame_loss, aux_loss, _ = self.unroll(batch["frames"], batch["masks"], batch["num_objects"], step, use_pred)
-        aux_w = self.hparams.aux_loss_weight * max(0.0, (total - step) / total)
+        aux_w = aux_weight(step, total, self.hparams.aux_loss_weight, self.hparams.get("aux_loss_ratio", 1.0))
         loss = frame_loss + aux_w * aux_loss
         bs = batch["frames"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
@@ -149,6 +150,8 @@ class VOSLitModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def validation_step(self, index: int, batch_idx: int):
         """Segment one whole val video exactly as evaluate.py does (eval mode, test gap, sizing, groups)."""
+        if int(index) == NO_VIDEO:  # this rank has no video; the step only keeps DDP's collectives in step
+            return
         datamodule = self.trainer.datamodule
         record = datamodule.validation_videos()[int(index)]
         panel_frames: set[int] = set()

@@ -35,3 +35,10 @@ class RecipeLRLambda:
             return 0.0
         lr = recipe_lr(step, self.total_steps, self.base_lr, self.min_lr, self.warmup_ratio, self.power)
         return (self.min_lr + (lr - self.min_lr) * self.ratio) / self.base_lr
+
+
+def aux_weight(step: int, total_steps: int, weight: float = 1.0, ratio: float = 1.0) -> float:
+    """The reference frame's (auxiliary) loss weight: ``weight`` falling linearly to 0 at ``ratio`` of the run
+    (1.0 in the main stage; 0.1 in static pre-training, the released PRE configs' TRAIN_AUX_LOSS_RATIO)."""
+    end = ratio * total_steps
+    return weight * max(0.0, end - step) / end if end > 0 else 0.0
