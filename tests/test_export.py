@@ -136,6 +136,9 @@ def test_growing_memory_export_is_refused(checkpoint, tmp_path):
     bank = build_network("deaot_mbv2")
     with pytest.raises(ExportError, match="grows with the video.*no fixed shape"):
         check_exportable(bank, (65, 65))
+    fifo = build_network("mavos_mbv2", ["memory=fifo"])   # bounded, but not two slots from the start
+    with pytest.raises(ExportError, match="fills up to 5 slots"):
+        check_exportable(fifo, (65, 65))
 
 
 @pytest.mark.parametrize("model,size,nearest", [("mavos_mbv2", (480, 854), ["465x849", "481x865"]),

@@ -217,7 +217,8 @@ def build_app(settings: DemoSettings) -> tuple[gr.Blocks, JobBoard]:
         board.close(request.session_hash)
 
     # ------------------------------------------------------------------ layout
-    with gr.Blocks(title="MAVOS demo", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
+    # Gradio removes uploads a day old (checked hourly): a long compare run reads its video again at the end
+    with gr.Blocks(title="MAVOS demo", analytics_enabled=False, delete_cache=(3600, 86400)) as app:
         video_state, base_state, corners_state = gr.State(None), gr.State(None), gr.State([])
         gr.Markdown(INTRO)
         with gr.Row():

@@ -29,11 +29,16 @@ class ExportError(ValueError):
 
 def check_exportable(net: VOSNetwork, size: tuple[int, int]) -> None:
     """Refuse growing memories and sizes the network cannot take, naming the nearest valid sizes."""
-    if net.memory.fixed_slots != 2:
+    if net.memory.fixed_slots is None:
         raise ExportError(
             f"cannot export a {type(net.memory).__name__} model: its long-term memory grows with the video (one "
             f"slot per memory frame), so its per-frame step has no fixed shape. Export an MCA model (mavos_*), "
             f"whose memory stays two slots.")
+    if net.memory.fixed_slots != 2:
+        raise ExportError(
+            f"cannot export a {type(net.memory).__name__} model: its memory fills up to {net.memory.fixed_slots} "
+            f"slots over its first memory frames, one more graph shape each, and the export writes the two-slot "
+            f"step of MCA only. Export an MCA model (mavos_*).")
     multiple, offset = net.size_multiple
     bad = [side for side in size if side < multiple + offset or (side - offset) % multiple]
     if bad:
