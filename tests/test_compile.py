@@ -93,6 +93,9 @@ def test_warm_up_rehearses_the_object_groups_a_video_will_have(net, video):
     for frame in vid[1:8]:
         session.step(frame)
     assert len(session.views[0]) == 2 and counters["stats"]["unique_graphs"] == graphs
+    # 15 objects are two groups too, but of 10 + 5 (each group's objects are fixed in its compiled function)
+    session.warm_up((SIZE, SIZE), (15,))
+    assert len(step.warmed) == 2 and counters["stats"]["unique_graphs"] > graphs
 
 
 @pytest.mark.parametrize("cudagraphs", [True, False])

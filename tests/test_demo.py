@@ -176,6 +176,23 @@ def test_the_page_cannot_make_the_server_unpickle_a_file_outside_the_checkpoint_
     for name in (str(evil), "weights/../../uploads/upload.mp4", "/etc/passwd"):
         with pytest.raises(ConfigError, match="loads checkpoints from weights/ and logs/"):
             cache.get(name)
+    (root / "weights/linked.ckpt").symlink_to(elsewhere / "x.ckpt")   # models kept on another disk, linked in
+    assert "weights/linked.ckpt" in checkpoint_choices(root) and cache.get("weights/linked.ckpt")[0] is not None
+
+
+def test_compare_rebuilds_a_checkpoint_trained_from_imagenet_weights_without_that_file(networks, tmp_path):
+    from mavos.checkpoints.loading import NETWORK_KEY, network_record
+    from mavos.registry import network_config
+
+    net = networks.get(RANDOM)[0]
+    config = network_config("mavos_mbv2", ["model.net.encoder.weights=weights/mobilenet_v2-b0353104.pth"])
+    path = tmp_path / "weights/trained.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                NETWORK_KEY: network_record(config, "mavos_mbv2")}, path)
+    cache = NetworkCache(tmp_path, torch.device("cpu"))
+    own, bank = cache.get("weights/trained.ckpt")[0], cache.get("weights/trained.ckpt", "bank")[0]
+    assert policy_of(own) == "mca" and policy_of(bank) == "bank"
 
 
 # ----------------------------------------------------------------------------- videos

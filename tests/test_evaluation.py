@@ -175,6 +175,9 @@ def test_resume_keys_change_with_the_videos_source_and_first_masks(davis, tmp_pa
     first = Path(record.annotations[0])
     write_mask(first, (read_mask(first) == 1).astype(np.uint8) * 2)   # the first mask redrawn in place
     assert video_fingerprint(key(), record) != before
+    # an object whose first frame has no mask file of its own (the evaluator takes it as no new object)
+    odd = dataclasses.replace(record, annotations={0: record.annotations[0]}, object_first_frame={1: 0, 2: 3})
+    assert video_fingerprint(key(), odd) != video_fingerprint(key(), record)
 
 
 def test_the_submission_zip_holds_exactly_the_listed_frames(tmp_path):

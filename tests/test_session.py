@@ -284,6 +284,12 @@ def test_void_is_not_an_object_and_bad_ids_are_refused(net):
             InferenceSession(net).add_objects(vid[0], np.where(mask > 0, bad, 0))
     with pytest.raises(ValueError, match="integer object ids"):
         InferenceSession(net).add_objects(vid[0], mask.astype(np.float32))
+    boolean, ints = InferenceSession(net), InferenceSession(net)   # a boolean mask (SAM2-style) is object 1
+    boolean.add_objects(vid[0], mask > 0)
+    ints.add_objects(vid[0], mask)
+    assert boolean.object_ids == [1] and torch.equal(boolean.step(vid[1]), ints.step(vid[1]))
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="only 255.*mask > 0"):
+        InferenceSession(net).add_objects(vid[0], np.where(mask > 0, 255, 0).astype(np.uint8))   # cv2.imread's 0/255
 
 
 def test_frames_of_every_dtype_mean_the_same_picture(net):

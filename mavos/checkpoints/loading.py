@@ -165,6 +165,14 @@ def load_network(path: str | Path, model: str | None = None, overrides: tuple[st
     return net.eval()
 
 
+def without_pretrained_file(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored network config without its encoder's ImageNet file (the checkpoint's weights replace it)."""
+    config = dict(config)
+    if isinstance(config.get("encoder"), Mapping) and config["encoder"].get("weights") is not None:
+        config["encoder"] = {**config["encoder"], "weights": None}
+    return config
+
+
 def build_checkpoint_network(path: str | Path, config: Mapping[str, Any]):
     """Build the network a checkpoint's config describes; a config that cannot be built names the file and key.
 
@@ -172,9 +180,7 @@ def build_checkpoint_network(path: str | Path, config: Mapping[str, Any]):
     read: the checkpoint's own weights replace it, and the file is rarely where the checkpoint travels to."""
     from mavos.registry import build_network
 
-    config = dict(config)
-    if isinstance(config.get("encoder"), Mapping) and config["encoder"].get("weights") is not None:
-        config["encoder"] = {**config["encoder"], "weights": None}
+    config = without_pretrained_file(config)
     try:
         return build_network(config)
     except Exception as e:

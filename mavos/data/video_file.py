@@ -162,7 +162,9 @@ class VideoFileReader:
 
     def _source_stamp(self) -> dict:
         stat = self.video_path.stat()
-        return {"source": str(self.video_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        # "upright": frames are decoded turned by the display rotation (cache folders of older decodes are not reused)
+        return {"source": str(self.video_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "frames": "upright"}
 
     def _cache_dir(self, stamp: dict) -> Path:
         if self.frame_dir is not None:

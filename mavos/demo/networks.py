@@ -8,13 +8,15 @@ DeAOT checkpoint has untrained (seeded random) MCA blocks; ``memory_note`` says 
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
-from mavos.checkpoints.loading import load_network, load_state, read_checkpoint, stored_network
+from mavos.checkpoints.loading import (load_network, load_state, read_checkpoint, stored_network,
+                                       without_pretrained_file)
 from mavos.model.memory import BankMemory, FIFOMemory, MCAMemory
 from mavos.registry import ConfigError, build_network, network_config
 
@@ -66,7 +68,7 @@ def _seeded(build):
 
 def with_memory(net, config: dict, model: str | None, policy: str, path: str = "checkpoint"):
     """``net`` rebuilt with memory ``policy``: its weights outside the memory, the policy's own (seeded) inside."""
-    config = dict(config)
+    config = without_pretrained_file(config)
     config["memory"] = network_config(model or RANDOM_MODEL, [f"memory={policy}"])["memory"]
     variant = _seeded(lambda: build_network(config))
     state = {k: v for k, v in net.state_dict().items() if not k.startswith("memory.")}
@@ -95,7 +97,8 @@ class NetworkCache:
 
     def __init__(self, root: str | Path, device: torch.device, size: int = 4, started_with: str | None = None) -> None:
         self.root, self.device, self.size = Path(root), device, size
-        self.started_with = None if started_with in (None, RANDOM) else self._within_root(started_with).resolve()
+        self.started_with = None if started_with in (None, RANDOM) else \
+            Path(os.path.abspath(self._within_root(started_with)))
         self._nets: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -108,9 +111,9 @@ class NetworkCache:
         lists), or the one the demo was started with. Anything else is refused: the name comes from the browser,
         and a checkpoint is a pickle, which runs code as it loads."""
         path = self._within_root(checkpoint)
-        resolved = path.resolve()
-        places = [(self.root / folder).resolve() for folder in ("weights", "logs")]
-        if resolved != self.started_with and not any(resolved.is_relative_to(place) for place in places):
+        where = Path(os.path.abspath(path))  # '..' folded, symbolic links kept: weights/x.ckpt may link elsewhere
+        places = [Path(os.path.abspath(self.root / folder)) for folder in ("weights", "logs")]
+        if where != self.started_with and not any(where.is_relative_to(place) for place in places):
             raise ConfigError(f"{checkpoint}: this demo loads checkpoints from weights/ and logs/ under {self.root} "
                               f"(or the ckpt_path it was started with), not from elsewhere: a checkpoint is a pickle, "
                               f"and loading one runs its code")

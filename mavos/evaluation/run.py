@@ -145,8 +145,8 @@ def video_fingerprint(run: str, record: VideoRecord) -> str:
     masks the model starts from (edited in place, they change their size or modification time)."""
     masks = {}
     for index in sorted(set(record.object_first_frame.values())):
-        path = Path(record.annotations[index])
-        stat = path.stat() if path.is_file() else None
+        path = Path(record.annotations.get(index, ""))
+        stat = path.stat() if index in record.annotations and path.is_file() else None
         masks[str(path)] = None if stat is None else (stat.st_size, stat.st_mtime_ns)
     return _digest({"run": run, "frames": [str(f) for f in record.frames], "names": list(record.frame_names),
                     "scored": record.scored_frames, "masks": masks})
@@ -326,7 +326,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     results_dir = Path(cfg.results_dir)
     split = cfg.get("split") or cfg.data.get("split", "val")
     scored = protocol != "none"
-    plans = scoring_plans(records, protocol, cfg)
+    plans = scoring_plans(all_records, protocol, cfg)  # every rank checks every video: all refuse, or none
     metric = JFMetric(protocol if scored else "davis").to(device)
     summary: dict[str, dict[str, float]] = {}
     results: list[VideoResult] = []

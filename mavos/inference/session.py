@@ -185,7 +185,9 @@ class InferenceSession:
         added to ``object_ids``), on the device. Masks come with the first frame and with frames that add
         objects, never on the per-frame path, so reading their ids on the host costs no frame a sync."""
         m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
-        if m.is_floating_point() or m.is_complex() or m.dtype == torch.bool:
+        if m.dtype == torch.bool:  # a boolean mask (SAM2-style): one object
+            m = m.to(torch.uint8)
+        if m.is_floating_point() or m.is_complex():
             raise ValueError(f"mask must hold integer object ids, got dtype {m.dtype}")
         if tuple(m.shape) != self.frame_size:
             raise ValueError(f"mask is {tuple(m.shape)} but the frames are {self.frame_size}")
@@ -253,7 +255,8 @@ class InferenceSession:
         label = self._mask_tensor(mask)
         self.num_objects = len(self.object_ids)
         if self.num_objects == 0:
-            raise ValueError("the first mask holds no object")
+            raise ValueError("the first mask holds no object" + (
+                " (only 255, DAVIS's void label: for a 0/255 binary mask pass mask > 0)" if self._warned_void else ""))
         self.frame_index += 1
         with self._autocast():
             self._reference(inputs, label)
@@ -308,7 +311,9 @@ class InferenceSession:
         size = inference_size(h, w, self.max_long_edge, self.max_short_edge, self.net.size_multiple)
         counts = (num_objects,) if isinstance(num_objects, int) else tuple(num_objects)
         for count in sorted({max(1, int(c)) for c in counts}):
-            key = (size, self.amp_dtype, self.flip, math.ceil(count / self.group_size))
+            g = self.group_size
+            groups = tuple(min(g, count - i * g) for i in range(math.ceil(count / g))) if count > g else (g,)
+            key = (size, self.amp_dtype, self.flip, groups)  # the compiled layout: the objects of each group
             if key in step.warmed:
                 continue
             self._rehearse(step, h, w, count)

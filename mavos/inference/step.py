@@ -263,7 +263,9 @@ class CompiledFrameStep(FrameStep):
             # dynamo compiles a function for at most 8 shapes, then runs it eagerly without telling the caller;
             # every frame size of a benchmark is a shape here (x2 with CUDA graphs, x the object groups), and
             # YouTube-VOS has more than 4 sizes: a silent fall-back would make the reported speed the eager one
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+            config = torch._dynamo.config
+            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+            setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
         self._compiled: dict[str, Callable] = {}
         self.warmed: set = set()  # (inference size, autocast dtype, flip, groups) InferenceSession.warm_up ran
 
