@@ -164,7 +164,7 @@ class VideoFileReader:
         stat = self.video_path.stat()
         # "upright": frames are decoded turned by the display rotation (cache folders of older decodes are not reused)
         return {"source": str(self.video_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "frames": "upright"}
+                "orientation": "upright"}
 
     def _cache_dir(self, stamp: dict) -> Path:
         if self.frame_dir is not None:
