@@ -79,10 +79,15 @@ def display_rotation(path: Path) -> int:
             if not container.streams.video:
                 return 0
             for frame in container.decode(container.streams.video[0]):
-                return int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4 * 90
+                return _quarter_turns(frame) * 90
     except Exception:  # noqa: BLE001 - unreadable here: the readers below say why
         return 0
     return 0
+
+
+def _quarter_turns(frame) -> int:
+    """0-3: counter-clockwise quarter turns of a PyAV frame's display rotation (``np.rot90``'s k)."""
+    return int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
 
 
 def _decord_frames(path: Path, batch: int = 16) -> Iterator[np.ndarray]:
@@ -120,7 +125,7 @@ def _pyav_frames(path: Path) -> Iterator[np.ndarray]:
         try:
             for frame in container.decode(container.streams.video[0]):
                 image = frame.to_ndarray(format="rgb24")
-                turns = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
+                turns = _quarter_turns(frame)
                 yield np.ascontiguousarray(np.rot90(image, turns)) if turns else image
         except av.FFmpegError as e:
             raise DatasetError(f"{path}: video decoding failed ({e})") from e

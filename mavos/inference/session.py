@@ -127,9 +127,15 @@ class InferenceSession:
     def group_size(self) -> int:
         return self.net.max_objects
 
-    def _group_sizes(self) -> list[int]:
-        n, g = self.num_objects, self.group_size
+    def _group_sizes(self, count: int | None = None) -> list[int]:
+        """Objects in each group of at most ``group_size`` (this video's ``num_objects``, or ``count``)."""
+        n, g = self.num_objects if count is None else count, self.group_size
         return [min(g, n - i * g) for i in range(max(1, math.ceil(n / g)))]
+
+    def _compiled_group_sizes(self, count: int | None = None) -> tuple[int, ...]:
+        """The group sizes a compiled step specialises on: one group carries all its identities."""
+        sizes = tuple(self._group_sizes(count))
+        return (self.group_size,) if len(sizes) == 1 else sizes
 
     def _autocast(self):
         """The session's precision, whatever the caller's: without ``amp`` autocast is switched off, so that
@@ -228,9 +234,7 @@ class InferenceSession:
         Compiled, one group carries all 1 + max_objects identities (the absent ones' logits are masked to a
         probability of exactly 0), so that the object count never changes a compiled function's shapes; with
         more objects than the ID bank holds, each composition of groups compiles once."""
-        sizes = tuple(self._group_sizes())
-        if self.compile and len(sizes) == 1:
-            sizes = (self.group_size,)
+        sizes = self._compiled_group_sizes() if self.compile else tuple(self._group_sizes())
         return FrameLayout(self.input_size, self.frame_size, sizes, self.group_size if self.compile else None,
                            self.net.align_corners)
 
@@ -311,9 +315,7 @@ class InferenceSession:
         size = inference_size(h, w, self.max_long_edge, self.max_short_edge, self.net.size_multiple)
         counts = (num_objects,) if isinstance(num_objects, int) else tuple(num_objects)
         for count in sorted({max(1, int(c)) for c in counts}):
-            g = self.group_size
-            groups = tuple(min(g, count - i * g) for i in range(math.ceil(count / g))) if count > g else (g,)
-            key = (size, self.amp_dtype, self.flip, groups)  # the compiled layout: the objects of each group
+            key = (size, self.amp_dtype, self.flip, self._compiled_group_sizes(count))
             if key in step.warmed:
                 continue
             self._rehearse(step, h, w, count)
