@@ -7,9 +7,10 @@
 #    eager/compiled, as many runs as fit in SUITE_SECONDS, default 3600);
 # 3. evaluate.py on the embedded benchmark (random weights: speeds, not scores) at the quick start's size and at
 #    480p, under torchrun (NCCL), and with the compiled step in bf16 (model FPS beside end-to-end FPS);
-# 4. last, experiments/gpu_probe.sh, both parts: the open questions of issue 11 (the compiled step over 1000 frames
-#    in bf16 with its kernel profile and in strict fp32, Swin-B's flatness; the depthwise forms with profiles,
-#    evaluation's model time against the benchmark's at the same size).
+# 4. last, experiments/gpu_probe.sh, its parts main and eval (and swinb where COMPARE_WITH is set): the open
+#    questions of issue 11 (an inductor setting for the 5x5s against the defaults in bf16 with its kernel
+#    profile, strict fp32, TF32; evaluation's model time against the benchmark's at the same size; Swin-B beside
+#    an older checkout).
 # Each step has its own time limit and the next one runs whatever happened; logs land in OUT_DIR.
 set -u
 OUT_DIR=${1:?usage: bash experiments/gpu_check.sh OUT_DIR [SUITE_SECONDS]}
@@ -49,8 +50,9 @@ tail -n 30 "$OUT_DIR/suite/gpu_table.md" | tee -a "$OUT_DIR/check.log"
   step "evaluate.py, compiled step, bf16, 480p"
   timeout 150 $PY evaluate.py ckpt_path="$CKPT" results_dir="$WORK/eval_compiled" session.compile=true \
     session.amp=bf16 session.max_short_edge=null resume=false 2>&1 | summary
-  step "open questions (experiments/gpu_probe.sh main, then extra)"
+  step "open questions (experiments/gpu_probe.sh main, eval, then swinb where COMPARE_WITH is set)"
   bash experiments/gpu_probe.sh "$OUT_DIR/probe" main
-  bash experiments/gpu_probe.sh "$OUT_DIR/probe" extra
+  bash experiments/gpu_probe.sh "$OUT_DIR/probe" eval
+  [ -n "${COMPARE_WITH:-}" ] && bash experiments/gpu_probe.sh "$OUT_DIR/probe" swinb
   step done
 } 2>&1 | tee -a "$OUT_DIR/check.log"

@@ -85,11 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run this checkout eager and compiled alongside each other, frame by frame")
     ap.add_argument("--fused-depthwise", type=parse_kernel_sizes, default=None, metavar="SIZES",
                     help="kernel sizes of the depthwise convolutions that run as fused shifted sums when compiled "
-                         "on CUDA (DepthwiseConv2d.fused_kernel_sizes of every contender that has it): '3,5' (the "
-                         "default), '3' (the propagation's 5x5s on PyTorch's kernel), 'none'")
+                         "on CUDA (DepthwiseConv2d.fused_kernel_sizes of this checkout's contender; with "
+                         "--compare-with the other keeps its own): '3,5' (the default), '3' (the propagation's "
+                         "5x5s on PyTorch's kernel), 'none'")
     ap.add_argument("--inductor", action="append", default=[], type=parse_setting, metavar="KEY=VALUE",
-                    help="set torch._inductor.config.KEY (an int, float, true / false or a string) before "
-                         "compiling, e.g. realize_reads_threshold=1; repeatable")
+                    help="torch._inductor.config.KEY (an int, float, true / false or a string) while this "
+                         "checkout's contender compiles, e.g. realize_reads_threshold=1 (with --compare-with "
+                         "the other compiles with the defaults: --compare-with . times a setting against them "
+                         "in one process); repeatable")
     return ap
 
 
@@ -117,20 +120,46 @@ def parse_setting(text: str) -> tuple[str, object]:
     return key, raw
 
 
-def apply_compiler_settings(args, contenders: list["Contender"]) -> None:
-    """``--inductor`` and ``--fused-depthwise``: process-wide settings read when the step is compiled."""
+def apply_compiler_settings(args, contenders: list["Contender"]) -> list["Contender"]:
+    """``--inductor`` and ``--fused-depthwise`` for the contenders they concern: the last one (this checkout),
+    so that ``--compare-with`` a checkout of the same code times the settings against the defaults in one
+    process; without it, the one contender. The depthwise form is set on that contender's own package; the
+    inductor settings are patched in around its session's calls (where it compiles), never process-wide.
+    Returns the contenders the settings went to."""
+    if not (args.inductor or args.fused_depthwise is not None):
+        return []
     if args.inductor:
         import torch._inductor.config as inductor_config
 
         for key, value in args.inductor:
             if not hasattr(inductor_config, key):
                 raise SystemExit(f"--inductor {key}={value}: torch._inductor.config has no setting {key!r}")
-            setattr(inductor_config, key, value)
-    if args.fused_depthwise is not None:
-        for c in contenders:
+    targets = contenders[-1:]
+    for c in targets:
+        c.inductor = dict(args.inductor)
+        if args.fused_depthwise is not None:
             layers = importlib.import_module(f"{c.package}.model.layers")
             if hasattr(getattr(layers, "DepthwiseConv2d", None), "fused_kernel_sizes"):
                 layers.DepthwiseConv2d.fused_kernel_sizes = args.fused_depthwise
+    return targets
+
+
+def with_inductor_settings(session, settings: dict):
+    """``session`` whose ``step`` and ``add_objects`` (where its step compiles, lazily) run with inductor's
+    config patched by ``settings``: one contender's compiler settings, while another compiles with the
+    defaults."""
+    if not settings:
+        return session
+    import torch._inductor.config as inductor_config
+
+    for name in ("step", "add_objects"):
+        method = getattr(session, name)
+
+        def patched(*a, _method=method, **k):
+            with inductor_config.patch(settings):
+                return _method(*a, **k)
+        setattr(session, name, patched)
+    return session
 
 
 # ---------------------------------------------------------------------------------------------------- packages
@@ -139,6 +168,7 @@ class Contender:
 
     def __init__(self, label: str, package: str, compile: bool | None = None):
         self.label, self.package, self.compile = label, package, compile
+        self.inductor: dict = {}  # inductor config while its session runs (--inductor, apply_compiler_settings)
         self.registry = importlib.import_module(f"{package}.registry")
         self.session_module = importlib.import_module(f"{package}.inference.session")
 
@@ -171,7 +201,7 @@ class Contender:
             if not hasattr(cls, "tensor_frames"):
                 raise SystemExit(f"{self.label}: this InferenceSession has no compile option")
             kwargs["compile"] = True
-        return cls(net, **kwargs)
+        return with_inductor_settings(cls(net, **kwargs), self.inductor)
 
     @property
     def accepts_tensors(self) -> bool:
@@ -288,7 +318,12 @@ def run_benchmark(args, contenders: list[Contender]) -> tuple[list[dict], dict, 
 
         set_tf32(args.precision == "tf32")
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    apply_compiler_settings(args, contenders)
+    tuned = apply_compiler_settings(args, contenders)
+    if tuned:
+        fused = ("default" if args.fused_depthwise is None
+                 else ",".join(map(str, sorted(args.fused_depthwise))) or "none")
+        print(f"compiler settings of {', '.join(c.label for c in tuned)}: fused depthwise kernel sizes {fused}; "
+              f"inductor {', '.join(f'{k}={v}' for k, v in args.inductor) or 'defaults'}", flush=True)
     overrides = [f"memory={args.memory}"] if args.memory else []
     runs = []
     for c in contenders:
@@ -456,9 +491,12 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
     lines.append("  top ops by self time:")
     ops = sorted((e for e in prof.key_averages() if e.key not in PARTS and e.key != "frame"),
                  key=lambda e: -self_time(e))[:24 if on_gpu else 12]
+    digits = 3 if on_gpu else 1  # a GPU kernel takes microseconds
     for e in ops:
         ms = self_time(e) / 1000 / frames
-        lines.append(f"    {e.key:<40}{ms:8.1f} ms  {100 * ms / total:5.1f}%  ({e.count / frames:.0f} calls/frame)")
+        name = e.key if len(e.key) <= 100 else e.key[:97] + "..."  # C++ template kernels' names run to pages
+        lines.append(f"    {name:<40}{ms:8.{digits}f} ms  {100 * ms / total:5.1f}%  "
+                     f"({e.count / frames:.1f} calls/frame)")
     rated = []
     for e in prof.key_averages(group_by_input_shape=True):
         if e.key in RATED_OPS and e.flops and total_time(e) > 0:
@@ -475,6 +513,10 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
         lines.append(f"    {r['ms_per_frame']:7.1f} ms {r['calls_per_frame']:4.0f}x  {r['op']:<8}{shapes:<44}"
                      f"{r['gflops']:7.0f} GFLOP/s {100 * r['fraction_of_peak']:4.0f}%")
     matmul_ms = sum(r["ms_per_frame"] for r in rated)
+    if not rated:  # compiled on a GPU: inductor's graphs call the GEMM kernels directly, with no aten op to rate
+        lines.append("    none seen as torch ops (inside compiled graphs: their kernels are among the top ops "
+                     "above)")
+        return "\n".join(lines), rated
     lines.append(f"  matmuls / convolutions: {matmul_ms:.1f} ms ({100 * matmul_ms / total:.0f}% of the frame) at "
                  f"{sum(r['gflops'] * r['ms_per_frame'] for r in rated) / max(matmul_ms, 1e-9):.0f} GFLOP/s; the "
                  f"rest: {total - matmul_ms:.1f} ms")
@@ -536,7 +578,7 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
         "first_tenth_mb": statistics.fmean(r["mb"] for r in timed[:tenth]),
         "last_tenth_mb": statistics.fmean(r["mb"] for r in timed[-tenth:]),
         "peak_mb": evaluator.peak_memory_mb(device), "gflop_regular": flops[0] / 1e9, "gflop_write": flops[1] / 1e9,
-        "gflop_end": end_flops / 1e9,  # a regular frame after the timed ones (grows with a growing memory)
+        "flops_counted": not args.no_flops, "gflop_end": end_flops / 1e9,  # a regular frame after the timed ones (grows with a growing memory)
         "achieved_gflops": achieved / 1e9, "peak_gflops": peak / 1e9, "fraction_of_peak": achieved / peak,
         "torch": torch.__version__, "rows": rows,
         # against the first contender (--compare-with / --compare-compile), over every frame after the first
@@ -573,10 +615,20 @@ def device_name(device) -> str:
 
 # ---------------------------------------------------------------------------------------------------- reporting
 def tag_of(args) -> str:
+    """The output files' stem: every setting that changes what is timed, so that runs that differ in one (the
+    compiler settings too) do not overwrite each other's curves; letters, digits, '.', '_' and '-' only."""
+    if args.tag:
+        return args.tag
     h, w = args.size
-    return args.tag or (f"{args.model}_{args.memory or 'default'}_{h}x{w}_{args.precision}"
-                        f"{'_compiled' if args.compile else ''}_{args.device or 'auto'}"
-                        f"{'_compared' if args.compare_with else ''}{'_eager_vs_compiled' if args.compare_compile else ''}")
+    settings = []
+    if args.fused_depthwise is not None:
+        settings.append("dw-" + ("-".join(map(str, sorted(args.fused_depthwise))) or "none"))
+    settings += [f"{key}-{value}" for key, value in args.inductor]
+    stem = (f"{args.model}_{args.memory or 'default'}_{h}x{w}_{args.precision}"
+            f"{'_compiled' if args.compile else ''}_{args.device or 'auto'}"
+            f"{'_compared' if args.compare_with else ''}{'_eager_vs_compiled' if args.compare_compile else ''}"
+            + "".join(f"_{s}" for s in settings))
+    return re.sub(r"[^A-Za-z0-9._-]", "-", stem)
 
 
 def save(results: list[dict], out: Path, tag: str) -> tuple[Path, Path | None]:
@@ -621,11 +673,14 @@ def save(results: list[dict], out: Path, tag: str) -> tuple[Path, Path | None]:
 
 
 def summary_line(r: dict) -> str:
-    return (f"median {r['median_ms']:.1f} ms  p90 {r['p90_ms']:.1f}  write {r['write_median_ms']:.1f}  "
-            f"{r['fps']:.2f} FPS  first/last 10% {r['first_tenth_ms']:.1f}/{r['last_tenth_ms']:.1f} ms  "
-            f"peak {r['peak_mb']:.0f} MB  {r['gflop_regular']:.1f}/{r['gflop_write']:.1f} GFLOP"
-            f"{'' if r['gflop_end'] == r['gflop_regular'] else ' (%.1f at the end)' % r['gflop_end']}  "
-            f"{r['achieved_gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of {r['peak_gflops']:.0f}")
+    """One run's numbers (ms to two decimals: a GPU frame takes a few)."""
+    flops = (f"{r['gflop_regular']:.1f}/{r['gflop_write']:.1f} GFLOP"
+             f"{'' if r['gflop_end'] == r['gflop_regular'] else ' (%.1f at the end)' % r['gflop_end']}  "
+             f"{r['achieved_gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of {r['peak_gflops']:.0f}"
+             if r["flops_counted"] else "FLOPs not counted (--no-flops)")
+    return (f"median {r['median_ms']:.2f} ms  p90 {r['p90_ms']:.2f}  write {r['write_median_ms']:.2f}  "
+            f"{r['fps']:.2f} FPS  first/last 10% {r['first_tenth_ms']:.2f}/{r['last_tenth_ms']:.2f} ms  "
+            f"peak {r['peak_mb']:.0f} MB  {flops}")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -643,11 +698,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{r['model']} ({r['memory']}) {r['size']} {r['precision']}{' compiled' if r['compile'] else ''} on "
           f"{r['device_name']}, {r['threads']} threads, gap {r['gap']}, {r['frames']} timed frames after "
           f"{r['warmup']}, torch {r['torch']}")
-    if args.fused_depthwise is not None or args.inductor:
-        fused = ("default" if args.fused_depthwise is None
-                 else ",".join(map(str, sorted(args.fused_depthwise))) or "none")
-        print(f"compiler settings: fused depthwise kernel sizes {fused}; inductor "
-              f"{', '.join(f'{k}={v}' for k, v in args.inductor) or 'defaults'}")
     for res in results:
         print(f"{res['label']:>5}: {summary_line(res)}")
     for other in results[1:]:

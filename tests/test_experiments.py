@@ -83,28 +83,80 @@ def test_host_work_counts_compiled_calls_and_the_torch_ops_outside_them(benchmar
 
 
 def test_compiler_settings_reach_inductor_and_the_depthwise_layers(benchmark, monkeypatch):
-    """--inductor KEY=VALUE and --fused-depthwise: typed values, set where the compiler reads them; bad ones
-    refused naming the setting."""
+    """--inductor KEY=VALUE and --fused-depthwise: typed values, set where the compiler reads them, for this
+    checkout's contender only (with --compare-with the other keeps the defaults, so one process times a setting
+    against them); bad ones refused naming the setting."""
     import torch._inductor.config as inductor_config
 
     from mavos.model.layers import DepthwiseConv2d
 
-    monkeypatch.setattr(inductor_config, "realize_reads_threshold", inductor_config.realize_reads_threshold)
     monkeypatch.setattr(DepthwiseConv2d, "fused_kernel_sizes", DepthwiseConv2d.fused_kernel_sizes)
     assert DepthwiseConv2d.fused_kernel_sizes == frozenset({3, 5})
+    default_threshold = inductor_config.realize_reads_threshold
+    assert default_threshold != 1
     args = benchmark.build_parser().parse_args(["--inductor", "realize_reads_threshold=1", "--inductor",
                                                 "max_autotune=false", "--fused-depthwise", "3"])
     assert args.inductor == [("realize_reads_threshold", 1), ("max_autotune", False)]
-    benchmark.apply_compiler_settings(args, [benchmark.Contender("mavos", "mavos")])
-    assert inductor_config.realize_reads_threshold == 1 and inductor_config.max_autotune is False
+
+    class Other:  # stands for another checkout's package: its own DepthwiseConv2d class
+        label, package, inductor = "old", "tests.fake_checkout", {}
+    mine = benchmark.Contender("new", "mavos")
+    assert benchmark.apply_compiler_settings(args, [Other(), mine]) == [mine]
     assert DepthwiseConv2d.fused_kernel_sizes == frozenset({3})
+    assert Other.inductor == {} and mine.inductor == {"realize_reads_threshold": 1, "max_autotune": False}
+
+    class Session:  # records the config each call saw (a compiled step compiles inside these calls)
+        seen: list = []
+
+        def step(self, frame):
+            self.seen.append(("step", frame, inductor_config.realize_reads_threshold, inductor_config.max_autotune))
+            return frame
+
+        def add_objects(self, frame, mask):
+            self.seen.append(("add_objects", frame, inductor_config.realize_reads_threshold))
+
+    session = benchmark.with_inductor_settings(Session(), mine.inductor)
+    session.add_objects(0, None)
+    assert session.step(7) == 7
+    assert Session.seen == [("add_objects", 0, 1), ("step", 7, 1, False)]
+    assert inductor_config.realize_reads_threshold == default_threshold  # nothing process-wide
+    plain = Session()
+    assert benchmark.with_inductor_settings(plain, {}) is plain
+
     assert benchmark.build_parser().parse_args(["--fused-depthwise", "none"]).fused_depthwise == frozenset()
     with pytest.raises(SystemExit, match="no setting 'realize_read_threshold'"):
         benchmark.apply_compiler_settings(benchmark.build_parser().parse_args(
-            ["--inductor", "realize_read_threshold=1"]), [])
+            ["--inductor", "realize_read_threshold=1"]), [mine])
     for bad in (["--inductor", "=1"], ["--fused-depthwise", "3x3"]):
         with pytest.raises(SystemExit):
             benchmark.build_parser().parse_args(bad)
+
+
+def test_runs_with_other_compiler_settings_get_files_of_their_own(benchmark):
+    """The output stem names the compiler settings (a probe runs the same model with and without them in one
+    folder), in the characters a file name may safely hold; --tag still wins."""
+    parse = benchmark.build_parser().parse_args
+    base = ["--model", "mavos_mbv2", "--size", "480x854", "--precision", "bf16", "--compile", "--device", "cuda"]
+    assert benchmark.tag_of(parse(base)) == "mavos_mbv2_default_480x854_bf16_compiled_cuda"
+    assert (benchmark.tag_of(parse(base + ["--fused-depthwise", "5,3", "--inductor", "realize_reads_threshold=1"]))
+            == "mavos_mbv2_default_480x854_bf16_compiled_cuda_dw-3-5_realize_reads_threshold-1")
+    assert benchmark.tag_of(parse(base + ["--fused-depthwise", "none"])).endswith("_cuda_dw-none")
+    assert benchmark.tag_of(parse(base + ["--inductor", "cuda.arch=sm 90/a"])).endswith("_cuda_cuda.arch-sm-90-a")
+    assert benchmark.tag_of(parse(base + ["--fused-depthwise", "3", "--tag", "mine"])) == "mine"
+
+
+def test_summary_line_says_when_flops_were_not_counted(benchmark):
+    """--no-flops leaves the FLOP fields at zero; the printed line says they were not counted instead of
+    reporting 0 GFLOP/s, and GPU-sized frame times keep two decimals."""
+    summary = {"median_ms": 3.343, "p90_ms": 3.5, "write_median_ms": 4.84, "fps": 281.93, "first_tenth_ms": 3.507,
+               "last_tenth_ms": 3.6, "peak_mb": 639.0, "gflop_regular": 0.0, "gflop_write": 0.0, "gflop_end": 0.0,
+               "achieved_gflops": 0.0, "fraction_of_peak": 0.0, "peak_gflops": 770937.0, "flops_counted": False}
+    line = benchmark.summary_line(summary)
+    assert line.startswith("median 3.34 ms  p90 3.50  write 4.84  281.93 FPS  first/last 10% 3.51/3.60 ms")
+    assert line.endswith("FLOPs not counted (--no-flops)") and "GFLOP/s" not in line
+    counted = dict(summary, gflop_regular=122.0, gflop_write=232.0, gflop_end=122.0, achieved_gflops=35200.0,
+                   fraction_of_peak=0.0457, peak_gflops=775000.0, flops_counted=True)
+    assert benchmark.summary_line(counted).endswith("122.0/232.0 GFLOP  35200 GFLOP/s = 5% of 775000")
 
 
 def test_attention_paths_agree_and_the_dense_window_mask_is_the_banded_window():

@@ -39,9 +39,10 @@ class DepthwiseConv2d(nn.Conv2d):
 
     Compiled on CUDA it is a sum of shifted, weighted copies of the input, which inductor fuses into one
     memory-bound kernel: cuDNN's depthwise kernels for channels-last bf16 maps ran far below the memory
-    bandwidth on an H100 (a 3x3 over 960 channels at 31x54, 3 MB in and out: 0.1 ms a call). For the
-    propagation's 5x5s it is not yet a win: 55 us a call fused against 33 us for PyTorch's kernel (bf16, H100;
-    inductor computes their input, attention x U, again in every tap), equal in strict fp32; README, Speed.
+    bandwidth on an H100 (a 3x3 over 960 channels at 31x54, 3 MB in and out: 0.1 ms a call). A fused 5x5 of
+    the propagation takes 55 us a call against 33 us for PyTorch's kernel (bf16, H100; inductor computes their
+    input, attention x U, again in every tap), yet the whole step ran slower with the 5x5s on that kernel (3.43
+    against 3.34 ms a frame: the layout copies around it); README, Speed.
     Eager, or on the CPU, it is ``nn.Conv2d``. Same parameters and state-dict keys as ``nn.Conv2d``.
     ``fused_kernel_sizes`` says which kernels take the fused form (the speed benchmark's ``--fused-depthwise``
     sets it to compare the two forms on a GPU).
