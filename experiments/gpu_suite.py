@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
             got = json.loads(summaries[-1])
             results += got
             header = header or (f"{got[0]['device_name']}, torch {got[0]['torch']}, {got[0]['size']} inference "
-                                f"size, {args.frames} timed frames, one object, random weights")
+                                f"size, up to {args.frames} timed frames (each row: its own), one object, "
+                                f"random weights")
             text = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith("[{"))
             print(f"[suite] {name}: {time.monotonic() - t0:.0f} s\n{text}", flush=True)
         write(args.out, results, skipped, header)

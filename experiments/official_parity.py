@@ -157,6 +157,8 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    if args.frames < 2:
+        raise SystemExit(f"--frames {args.frames}: needs at least 2 (the reference frame and one to compare)")
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
     if unknown:

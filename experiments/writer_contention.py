@@ -46,11 +46,13 @@ def sample_job(size: tuple[int, int], folder: str, k: int):
 def loop_part(args) -> None:
     import torch
 
-    from mavos.evaluation.finishing import finish_frame, writer_pool
-
     torch.set_num_threads(1)
-    folder = tempfile.mkdtemp(prefix="writer_contention_")
-    t = torch.zeros(4)
+    with tempfile.TemporaryDirectory(prefix="writer_contention_") as folder:
+        loop_measurements(args, folder, torch.zeros(4))
+
+
+def loop_measurements(args, folder: str, t) -> None:
+    from mavos.evaluation.finishing import finish_frame, writer_pool
 
     def frames_ms(n: int) -> float:
         times = []
@@ -68,16 +70,18 @@ def loop_part(args) -> None:
           f"{1e3 * (time.perf_counter() - start) / 20:.2f} ms a frame in the calling thread")
     print(f"a loop frame of {args.ops} tiny torch ops, alone: {frames_ms(args.frames):.2f} ms (median)")
     for name, pool in (("a writer thread", ThreadPoolExecutor(max_workers=1)), ("the writer process", writer_pool())):
-        stop = threading.Event()
+        stop, busy = threading.Event(), threading.Event()
+        pool.submit(finish_frame, sample_job(args.size, folder, 0)).result()  # a process pool starts its worker
 
         def feed() -> None:
-            k = 0
+            k = 1
             while not stop.is_set():
                 pool.submit(finish_frame, sample_job(args.size, folder, k)).result()
+                busy.set()
                 k += 1
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
-        time.sleep(0.2)
+        busy.wait()  # the writer has finished a frame beside us: it is running, not starting
         ms = frames_ms(args.frames)
         stop.set()
         feeder.join()
@@ -98,6 +102,7 @@ def evaluation_part(args) -> None:
     root = ensure_synthetic_davis(ROOT / "data" / "synthetic_davis")
     record = DavisReader(root, split="val").videos()[0]
     process_pool = evaluator.writer_pool
+    process_pool().submit(int, 0).result()  # its worker starts here, not inside the first "process" run
     thread_pool = ThreadPoolExecutor(max_workers=1)
     results: dict[str, list[float]] = {"thread": [], "process": []}
     for rep in range(args.repeats):

@@ -174,3 +174,42 @@ def test_attention_paths_agree_and_the_dense_window_mask_is_the_banded_window():
     assert ("short-term window 15x15", "dense: sdpa + mask") in timed
     for r in timed.values():
         assert r["ms"] > 0 and r["max_diff"] < 1e-5, r
+
+
+def test_random_checkpoint_reads_its_arguments_as_options_and_names_a_bad_model(tmp_path, monkeypatch, capsys):
+    """``--help`` prints the usage instead of writing a checkpoint to a file called '--help'; an unknown model
+    is refused by name, with nothing written."""
+    spec = importlib.util.spec_from_file_location("random_checkpoint", ROOT / "experiments" / "random_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0 and "OUT.ckpt [MODEL]" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="model='mavos_tiny': unknown model"):
+        module.main([str(tmp_path / "random.ckpt"), "mavos_tiny"])
+    with pytest.raises(SystemExit, match="is a folder"):
+        module.main([str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_scaling_counts_from_the_first_write_after_a_warm_up(tmp_path, capsys):
+    """memory_scaling.py on a tiny video: MAVOS's memory holds the same tokens from the first long-term write on,
+    DeAOT's bank gains the reference's token count at every write; a video too short to have frames after the
+    first write is refused by name."""
+    spec = importlib.util.spec_from_file_location("memory_scaling", ROOT / "experiments" / "memory_scaling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit):
+        module.main(["--frames", "3", "--gap", "2", "--device", "cpu", "--out", str(tmp_path / "no.csv")])
+    assert "--frames 3 --gap 2" in capsys.readouterr().err and not (tmp_path / "no.csv").exists()
+    rows = module.main(["--frames", "7", "--height", "33", "--width", "33", "--gap", "2", "--warmup", "1",
+                        "--device", "cpu", "--out", str(tmp_path / "scaling.csv")])
+    with open(tmp_path / "scaling.csv") as f:
+        assert len(list(csv.DictReader(f))) == 12  # frames 1-6 of each model
+    tokens = {m: {r["frame"]: r["memory_tokens"] for r in rows if r["model"] == m} for m in ("mca", "bank")}
+    reference = tokens["bank"][1]  # the bank before its first write: the reference frame alone
+    assert tokens["mca"][1] == reference  # MCA holds one slot until its first write ...
+    assert {tokens["mca"][f] for f in range(2, 7)} == {2 * reference}  # ... then two, for good
+    assert [tokens["bank"][f] for f in range(1, 7)] == [reference * (1 + f // 2) for f in range(1, 7)]
+    assert "first and last tenth of frames 2-6" in capsys.readouterr().out

@@ -161,6 +161,23 @@ def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pyte
     assert list(tmp_path.iterdir()) == []
 
 
+def test_folders_left_by_killed_runs_are_removed_once_stale(tmp_path: Path) -> None:
+    """A SIGKILL mid-generation leaves its build (or swap) folder beside the dataset; the next generation deletes
+    those untouched for over an hour and keeps a fresh one (a generation running beside it), and nothing else."""
+    import os
+    import time
+
+    stale_build, stale_swap = tmp_path / ".syn.tmp-0badc0de", tmp_path / ".syn.old-0badc0de"
+    running, other = tmp_path / ".syn.tmp-12345678", tmp_path / ".other.tmp-0badc0de"
+    for folder in (stale_build, stale_swap, running, other):
+        (folder / "JPEGImages").mkdir(parents=True)
+    two_hours_ago = time.time() - 7200
+    for folder in (stale_build, stale_swap, other):
+        os.utime(folder, (two_hours_ago, two_hours_ago))
+    generate_synthetic_davis(tmp_path / "syn", **SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-0badc0de", ".syn.tmp-12345678", "syn"]
+
+
 def test_refuses_to_overwrite_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")

@@ -15,6 +15,7 @@ import colorsys
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -364,6 +365,7 @@ def generate_synthetic_davis(
         raise DatasetError(f"{root}: exists and is not a synthetic dataset (no {META_FILE} from this generator); "
                            "refusing to overwrite it. Choose another folder.")
     root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(root)
     tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         videos: dict[str, dict] = {}
@@ -380,6 +382,24 @@ def generate_synthetic_davis(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+STALE_SECONDS = 3600  # a generation takes seconds to minutes; older temporaries belong to killed runs
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Delete the build and swap folders (``.<root>.tmp-*``, ``.<root>.old-*``) that runs killed mid-way left
+    beside ``root`` (a SIGKILL skips the cleanup below): tens of MB each, and nothing else removes them. Only
+    those untouched for an hour go, so that a generation running beside this one keeps its folder."""
+    now = time.time()
+    for pattern in (f".{root.name}.tmp-*", f".{root.name}.old-*"):
+        for leftover in root.parent.glob(pattern):
+            try:
+                stale = leftover.is_dir() and now - leftover.stat().st_mtime > STALE_SECONDS
+            except OSError:  # removed meanwhile
+                continue
+            if stale:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _swap_into_place(tmp: Path, root: Path) -> None:
