@@ -122,7 +122,8 @@ def test_ytvos_meta_frame_without_image_names_meta(tmp_path):
 
 def test_ytvos_constructor_does_not_touch_disk_and_missing_root_explains(tmp_path):
     reader = YouTubeVOSReader(tmp_path / "nowhere", split="valid")  # must not raise
-    with pytest.raises(DatasetError, match=r"(?s)nowhere.*data\.root.*meta\.json"):
+    mix_keys = r"data\.ytvos_root and data\.davis_root"  # data=ytvos_davis reads these, not data.root
+    with pytest.raises(DatasetError, match=rf"(?s)nowhere.*data\.root.*{mix_keys}.*meta\.json"):
         reader.videos()
 
 

@@ -125,22 +125,42 @@ def test_sigusr1_on_slurm_saves_a_checkpoint_requeues_and_the_requeued_job_resum
     assert checkpoint_state(run / "checkpoints/last.ckpt")["global_step"] == 6
 
 
-def test_slurm_launcher_config_composes():
+def test_slurm_launcher_config_composes_and_a_mismatched_allocation_is_refused_before_submitting(tmp_path):
+    """One task per GPU: an allocation that is not the trainer's (Lightning refuses it only inside the job, after
+    it waited in the queue) stops the multirun before anything is submitted, naming both keys."""
     from hydra import compose, initialize_config_dir
 
+    from mavos.registry import ConfigError
     from mavos.training.rundir import register_resolvers
+    from mavos.training.sweep import check_slurm_allocation
 
     register_resolvers()
+    slurm = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "paths.root_dir=/tmp/x"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.nodes=2",
-                                          "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu",
-                                          "trainer=ddp", "trainer.num_nodes=2", "paths.root_dir=/tmp/x"],
+        cfg = compose("train", overrides=[*slurm, "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=4",
+                                          "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4"],
                       return_hydra_config=True)
+        default = compose("train", overrides=slurm, return_hydra_config=True)
+        mismatched = compose("train", overrides=[*slurm, "hydra.launcher.gpus_per_node=4", "trainer=ddp",
+                                                 "trainer.devices=2"], return_hydra_config=True)
+        local = compose("train", overrides=["trainer=ddp", "paths.root_dir=/tmp/x"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (2, 4, 4, "gpu")
     assert launcher.additional_parameters.signal == "USR1@120"  # Lightning's requeue signal
     assert cfg.trainer.num_nodes == 2
+    for fine in (cfg, default, local):  # the defaults agree (one GPU); a local launcher has nothing to check
+        check_slurm_allocation(fine)
+    with pytest.raises(ConfigError, match=r"hydra.launcher.gpus_per_node=4 but trainer.devices=2"):
+        check_slurm_allocation(mismatched)
+
+    # end to end: train.py -m refuses before submitting (there is no sbatch here to submit to)
+    proc = run_script("train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.nodes=2", "trainer=ddp",
+                      "hydra.launcher.gpus_per_node=4",
+                      f"paths.root_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "hydra.launcher.nodes=2 but trainer.num_nodes=1" in proc.stdout + proc.stderr
+    assert not list(tmp_path.rglob("*.submission_file_*")) and not list(tmp_path.rglob("*.sh"))
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -173,3 +193,53 @@ def test_atomic_writes_follow_the_umask_and_stale_temporaries_are_removed(tmp_pa
     stale.write_bytes(b"partial")
     assert remove_stale_temporaries(tmp_path) == [stale] and not stale.exists()
     assert (tmp_path / "a.csv").exists()
+
+
+def test_ckpt_path_last_takes_the_newer_of_last_ckpt_and_a_preemption_checkpoint(tmp_path):
+    """SLURM preemption writes hpc_ckpt_<n>.ckpt into the run folder, up to a validation interval after
+    last.ckpt: `ckpt_path=last` resumes from whichever was written last (a preemption before the first
+    validation leaves only the hpc file), and a path to an hpc file resumes into its own run folder."""
+    from mavos.training.rundir import find_last_checkpoint, run_dir
+    from mavos.training.run import resolve_resume
+
+    runs = tmp_path / "runs"
+    run = runs / "exp1"
+    (run / "checkpoints").mkdir(parents=True)
+
+    def write(path: Path, age_s: float) -> Path:
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+        return path
+
+    hpc = write(run / "hpc_ckpt_1.ckpt", 100)
+    assert resolve_resume("last", run, runs) == str(hpc)  # preempted before any validation
+    last = write(run / "checkpoints" / "last.ckpt", 50)
+    assert resolve_resume("last", run, runs) == str(last)  # validated since the preemption
+    hpc2 = write(run / "hpc_ckpt_2.ckpt", 10)
+    assert resolve_resume("last", run, runs) == str(hpc2)  # preempted again, after that validation
+    (runs / "older" / "checkpoints").mkdir(parents=True)
+    write(runs / "older" / "checkpoints" / "last.ckpt", 1000)
+    assert find_last_checkpoint(runs) == hpc2
+    assert run_dir(str(runs), None, "last", "STAMP") == str(run.resolve())
+    assert run_dir(str(runs), None, str(hpc), "STAMP") == str(run.resolve())
+    assert run_dir(str(runs), None, str(last), "STAMP") == str(run.resolve())
+    elsewhere = write(tmp_path / "weights.ckpt", 0)
+    assert run_dir(str(runs), None, str(elsewhere), "STAMP") == str(runs / "STAMP")
+
+
+def test_only_rank_zero_makes_the_wandb_run_id(tmp_path, monkeypatch):
+    """srun starts every task of a job at once: a task other than global rank 0 that finds no id file writes
+    none (its id would race rank 0's), and every task reads rank 0's once it exists."""
+    from mavos.training.run import wandb_run_id
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert wandb_run_id(tmp_path) is None and not (tmp_path / "wandb_run_id.txt").exists()
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    made = wandb_run_id(tmp_path)
+    assert (tmp_path / "wandb_run_id.txt").read_text().strip() == made and len(made) == 12
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert wandb_run_id(tmp_path) == made
+    monkeypatch.setenv("RANK", "2")  # torchrun's rank wins over SLURM's task id
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert wandb_run_id(tmp_path / "other") is None

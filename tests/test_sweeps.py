@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SMALL_CLIPS, TINY_SYNTHETIC, run_env, run_python
+from tests.conftest import ROOT, SMALL_CLIPS, TINY_SYNTHETIC, run_env, run_python, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -90,3 +90,24 @@ def test_optuna_sweep_maximises_the_validation_jf(fresh_copy: Path):
     scores = [float(r["val/J&F"]) for r in rows]
     assert results["best_value"] == pytest.approx(max(scores), abs=1e-4)  # the best trial's validation J&F
     assert re.search(r"model\.lr=", rows[0]["overrides"])
+
+
+def test_an_optuna_metric_no_trial_can_return_is_refused_before_training(tmp_path: Path):
+    """Optuna maximises what each trial returns: a metric the run never logs, or val/J&F without validation,
+    would fail every trial after it trained; the first trial refuses it, naming optimized_metric."""
+    from mavos.registry import ConfigError
+    from mavos.training.run import check_optimized_metric
+
+    check_optimized_metric("val/J&F", "optuna", validates=True)
+    check_optimized_metric("train/loss", "optuna", validates=False)
+    check_optimized_metric("val/JF", "basic", validates=False)  # a grid sweep returns nothing to anyone
+    with pytest.raises(ConfigError, match=r"optimized_metric='val/JF': .* never logged; choose one of val/J&F"):
+        check_optimized_metric("val/JF", "optuna", validates=True)
+    with pytest.raises(ConfigError, match=r"optimized_metric='val/J&F': .* does not validate"):
+        check_optimized_metric("val/J&F", "optuna", validates=False)
+
+    # end to end: the first trial stops the study before it trains
+    proc = run_script("train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "data.val_videos=0",
+                      "logger=csv", f"paths.root_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode != 0 and "train.py: error: optimized_metric='val/J&F'" in proc.stderr + proc.stdout
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -228,3 +228,38 @@ def test_id_bank_is_frozen_once_predictions_feed_the_memory(tmp_path):
     assert second["lr"] == 0.0 and second["norm_lr"] == 0.0 and second["wd"] == 0.0
     assert first["wd"] == pytest.approx(module.hparams.weight_decay)
     assert second["main_grad"] is not None                                                 # the rest trains
+
+
+def test_a_frozen_encoder_without_pretrained_weights_is_warned_about(caplog):
+    """Frozen BatchNorm and stages are the recipe's for ImageNet or PRE-stage weights; with neither they stay
+    random for the whole run, which is said once (and not said when weights, init_from or a resume are given, or
+    nothing is frozen)."""
+    from mavos.training.run import warn_frozen_random_encoder
+
+    random_frozen = {"weights": None, "frozen_bn": True, "freeze_at": 2}
+    with caplog.at_level("WARNING", logger="mavos.training.run"):
+        assert warn_frozen_random_encoder(random_frozen, None, None)
+    assert "frozen_bn=True and freeze_at=2 with no pretrained weights" in caplog.text
+    assert not warn_frozen_random_encoder(dict(random_frozen, weights="weights/mobilenet_v2.pth"), None, None)
+    assert not warn_frozen_random_encoder(random_frozen, "weights/pre.ckpt", None)
+    assert not warn_frozen_random_encoder(random_frozen, None, "runs/a/checkpoints/last.ckpt")
+    assert not warn_frozen_random_encoder({"weights": None, "frozen_bn": False, "freeze_at": 0}, None, None)
+
+
+def test_ddp_that_reruns_the_command_line_is_refused_in_a_multirun():
+    """Lightning's script-launched DDP starts the other ranks by running the command line again, which in a
+    multirun starts the whole sweep again in each; refused there, by name, and allowed in a single run and for
+    spawned processes."""
+    import lightning as L
+
+    from mavos.registry import ConfigError
+    from mavos.training.run import check_multirun_launch
+
+    rerun = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
+    with pytest.raises(ConfigError, match=r"trainer.strategy=DDPStrategy with 2 processes in a multirun"):
+        check_multirun_launch(rerun.strategy, "MULTIRUN")
+    check_multirun_launch(rerun.strategy, "RUN")
+    spawned = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False)
+    check_multirun_launch(spawned.strategy, "MULTIRUN")
+    single = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    check_multirun_launch(single.strategy, "MULTIRUN")

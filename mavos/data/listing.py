@@ -100,7 +100,8 @@ def missing_root(dataset: str, root: Path, tree: str, default: str) -> DatasetEr
     """The error for a dataset that is not where the config points: where to put it and its layout."""
     return DatasetError(
         f"{root}: {dataset} not found. Put the dataset there (default location: {default}, see data/README.md) "
-        f"or point the config at it with data.root=/path/to/it. Expected layout:\n{tree}"
+        f"or point the config at it with data.root=/path/to/it (data=ytvos_davis, the YouTube-VOS + DAVIS mix "
+        f"of experiment=pre_ytb_dav, reads data.ytvos_root and data.davis_root instead). Expected layout:\n{tree}"
     )
 
 

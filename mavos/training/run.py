@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from mavos.checkpoints.loading import (CheckpointError, architecture_differences
                                        network_record, network_state, read_checkpoint, stored_network)
 from mavos.data.io import atomic_save, remove_stale_temporaries
 from mavos.registry import ConfigError, describe
-from mavos.training.rundir import find_last_checkpoint
+from mavos.training.rundir import find_last_checkpoint, newest_checkpoint, resumable_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,20 @@ def model_choice() -> str | None:
 # ---------------------------------------------------------------- checks before training
 
 def resolve_resume(ckpt_path: str | None, output_dir: str | Path, runs_dir: str | Path) -> str | None:
-    """The checkpoint to resume from: a path, or ``last`` (this run's ``checkpoints/last.ckpt``)."""
+    """The checkpoint to resume from: a path, or ``last``: the newer of this run's ``checkpoints/last.ckpt`` and
+    its SLURM preemption checkpoints (``hpc_ckpt_<n>.ckpt``), so a job resumed after a preemption loses nothing
+    that the preemption saved."""
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
-        path = Path(output_dir) / "checkpoints" / "last.ckpt"
-        if not path.is_file():
+        path = newest_checkpoint(resumable_checkpoints(Path(output_dir)))
+        if path is None:
             found = find_last_checkpoint(runs_dir)
-            searched = f"{Path(output_dir) / 'checkpoints'}" + (f" and {runs_dir}/*/checkpoints" if found is None else "")
-            raise CheckpointError(f"ckpt_path=last: no last.ckpt to resume from (searched {searched}); start a new "
-                                  f"run without ckpt_path, or name the run with run_name=<name>")
+            searched = (f"{Path(output_dir) / 'checkpoints' / 'last.ckpt'} and {Path(output_dir) / 'hpc_ckpt_*.ckpt'}"
+                        + (f", and every run under {runs_dir}" if found is None else ""))
+            raise CheckpointError(f"ckpt_path=last: no checkpoint to resume from (searched {searched}); start a new "
+                                  f"run without ckpt_path, or name the run to resume with run_name=<name> (in a "
+                                  f"multirun: hydra.sweep.dir=<its sweep folder>)")
         return str(path)
     path = Path(ckpt_path)
     if not path.is_file():
@@ -106,6 +111,67 @@ def check_monitors(callbacks: list, validates: bool) -> None:
                               f"give validation videos")
 
 
+def warn_frozen_random_encoder(encoder: dict, init_from: str | None, resume: str | None) -> bool:
+    """The recipe freezes the encoder's BatchNorm and first stages because they come from ImageNet (the PRE
+    stage) or the PRE stage's checkpoint (init_from): without either they stay at their random initialisation
+    for the whole run. Warns (returns True) then; fine for a smoke run, wrong for the recipe."""
+    frozen = [f"{key}={encoder[key]}" for key in ("frozen_bn", "freeze_at") if encoder.get(key)]
+    if encoder.get("weights") or init_from or resume or not frozen:
+        return False
+    log.warning("model.net.encoder: %s with no pretrained weights (model.net.encoder.weights=null, no init_from): "
+                "the frozen layers keep their random initialisation; give the ImageNet file or init_from=<PRE "
+                "stage checkpoint>, or set model.net.encoder.frozen_bn=false model.net.encoder.freeze_at=0",
+                " and ".join(frozen))
+    return True
+
+
+def hydra_mode() -> str | None:
+    """``RUN`` or ``MULTIRUN`` inside a Hydra app, else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().mode.name
+    except (ValueError, AttributeError):
+        return None
+
+
+def check_multirun_launch(strategy, mode: str | None) -> None:
+    """Lightning's DDP starts its other processes by running this command line again (``-m`` and the sweep's
+    lists included), so in a multirun every one of them would start a sweep of its own. Refused, naming the
+    ways that work: processes started by SLURM or torchrun (one per GPU), or spawned (``ddp_spawn``)."""
+    launcher = getattr(strategy, "launcher", None)
+    if mode != "MULTIRUN" or type(launcher).__name__ != "_SubprocessScriptLauncher":
+        return
+    raise ConfigError(f"trainer.strategy={type(strategy).__name__} with {strategy.num_processes} processes in a "
+                      f"multirun: Lightning would start the other processes by running the whole sweep again; use "
+                      f"hydra/launcher=slurm (one task per GPU), trainer.strategy=ddp_spawn, or a single run per "
+                      f"command")
+
+
+def sweeper_choice() -> str | None:
+    """The Hydra sweeper of this run (``optuna`` for hparams_search=optuna), or None outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("hydra/sweeper")
+    except ValueError:
+        return None
+
+
+def check_optimized_metric(metric: str | None, sweeper: str | None, validates: bool) -> None:
+    """An optimising sweeper (Optuna) needs every trial to return ``optimized_metric``: one never logged, or a
+    val/* metric in a run that does not validate, would fail every trial after it trained (the study only
+    fails at its end, with no trial completed), so the first trial refuses it before training."""
+    if sweeper != "optuna":
+        return
+    if metric not in LOGGED_METRICS:
+        raise ConfigError(f"optimized_metric={metric!r}: the sweeper maximises it, but it is never logged; choose one "
+                          f"of {', '.join(LOGGED_METRICS)}")
+    if metric.startswith("val/") and not validates:
+        raise ConfigError(f"optimized_metric={metric!r}: the sweeper maximises it, but this run does not validate "
+                          f"(data.val_videos=0, data=static or no val set): give validation videos")
+
+
 def check_validation(datamodule, protocol: str) -> None:
     """Validation videos must exist and carry ground truth under the data config's protocol."""
     from mavos.metrics.protocols import plan_for_record
@@ -145,11 +211,25 @@ def checkpoint_without_validation(cfg: DictConfig) -> None:
 
 # ---------------------------------------------------------------- W&B run identity
 
-def wandb_run_id(output_dir: Path) -> str:
-    """A stable W&B run id for this run folder: resumed runs continue the same W&B run."""
+def launch_rank() -> int:
+    """This process's global rank as its launcher gave it (torchrun / Lightning's DDP children: RANK; srun, one
+    task per GPU: SLURM_PROCID), before Lightning knows it; 0 for a single process."""
+    for name in ("RANK", "SLURM_PROCID"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def wandb_run_id(output_dir: Path) -> str | None:
+    """A stable W&B run id for this run folder: resumed runs continue the same W&B run. Only global rank 0
+    makes one (the only rank that logs): tasks that srun starts together would each write their own, and the
+    last writer's id, not rank 0's, would be the one a requeued job resumes."""
     path = output_dir / "wandb_run_id.txt"
     if path.is_file():
         return path.read_text().strip()
+    if launch_rank() != 0:
+        return None
     run_id = uuid.uuid4().hex[:12]
     atomic_save(lambda tmp: Path(tmp).write_text(run_id + "\n"), path)
     return run_id
@@ -179,8 +259,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("init_from"):
         load_network_weights(model.net, cfg.init_from)
         log.info("initialised the network from %s", cfg.init_from)
+    warn_frozen_random_encoder(net_config.get("encoder", {}), cfg.get("init_from"), resume)
 
     validates = datamodule.validates and not cfg.trainer.get("fast_dev_run")
+    check_optimized_metric(cfg.get("optimized_metric"), sweeper_choice(), validates)
     if not validates:
         checkpoint_without_validation(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
@@ -195,6 +277,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer_overrides = {} if validates else {"limit_val_batches": 0}
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                                  **trainer_overrides)
+    check_multirun_launch(trainer.strategy, hydra_mode())
     if validates:
         if trainer.is_global_zero:
             datamodule.prepare_data()  # Lightning runs it again (it is idempotent); the check needs the data

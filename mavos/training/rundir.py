@@ -2,8 +2,8 @@
 
 ``hydra.run.dir`` of train.py is ``${mavos_run_dir:<runs>,${run_name},${ckpt_path},<time stamp>}``:
 - ``run_name=<name>``: ``<runs>/<name>``, new or resumed (clusters and scripts name their runs);
-- ``ckpt_path=last`` without a name: the run folder of the newest ``<runs>/*/checkpoints/last.ckpt``;
-- ``ckpt_path=<runs>/<run>/checkpoints/<file>``: that run's folder;
+- ``ckpt_path=last`` without a name: the run folder of the newest resumable checkpoint under ``<runs>``;
+- ``ckpt_path=<runs>/<run>/checkpoints/<file>`` or ``<runs>/<run>/hpc_ckpt_<n>.ckpt``: that run's folder;
 - otherwise a new folder named by the time stamp.
 """
 from __future__ import annotations
@@ -15,13 +15,36 @@ from omegaconf import OmegaConf
 RESOLVER = "mavos_run_dir"
 
 
+def resumable_checkpoints(run: Path) -> list[Path]:
+    """A run folder's checkpoints to resume from: ``checkpoints/last.ckpt`` (written at every validation) and the
+    ``hpc_ckpt_<n>.ckpt`` that Lightning writes into the run folder when SLURM preempts the job or its wall time
+    ends (newer than last.ckpt by up to a validation interval, and the only one if that came before the first
+    validation)."""
+    found = [run / "checkpoints" / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")]
+    return [p for p in found if p.is_file()]
+
+
+def newest_checkpoint(paths) -> Path | None:
+    """The most recently written of ``paths`` (None if there are none)."""
+    paths = list(paths)
+    return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
+
+
 def find_last_checkpoint(runs_dir: str | Path) -> Path | None:
-    """The newest ``<runs_dir>/*/checkpoints/last.ckpt`` (by modification time), or None."""
+    """The newest resumable checkpoint of any run under ``runs_dir`` (by modification time), or None."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return None
-    found = [p for p in runs_dir.glob("*/checkpoints/last.ckpt") if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    return newest_checkpoint(p for run in runs_dir.iterdir() if run.is_dir() for p in resumable_checkpoints(run))
+
+
+def run_of(checkpoint: Path) -> Path | None:
+    """The run folder a checkpoint file belongs to, or None for a file outside any run."""
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.resolve().parents[1]
+    if checkpoint.name.startswith("hpc_ckpt_") and checkpoint.suffix == ".ckpt":
+        return checkpoint.resolve().parent
+    return None
 
 
 def run_dir(runs_dir: str, run_name, ckpt_path, stamp: str) -> str:
@@ -31,11 +54,11 @@ def run_dir(runs_dir: str, run_name, ckpt_path, stamp: str) -> str:
     if ckpt_path == "last":
         last = find_last_checkpoint(runs)
         if last is not None:
-            return str(last.parents[1])
+            return str(run_of(last))
     elif ckpt_path not in (None, "", "null"):
         path = Path(str(ckpt_path))
-        if path.is_file() and path.parent.name == "checkpoints":
-            return str(path.resolve().parents[1])
+        if path.is_file() and run_of(path) is not None:
+            return str(run_of(path))
     return str(runs / stamp)
 
 

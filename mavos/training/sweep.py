@@ -1,8 +1,10 @@
-"""A multirun's summary: one row per job (its overrides, best val/J&F, val FPS, checkpoint) under the sweep folder.
+"""train.py's multirun hooks (Hydra callbacks): the sweep's summary, and the SLURM allocation checked first.
 
-Each training job writes ``job_summary.json`` into its own folder (``mavos.training.run``); this Hydra callback
-collects them when the multirun ends (every launcher: local, joblib, SLURM) into ``<sweep dir>/summary.csv``,
-best first, and prints the table.
+Each training job writes ``job_summary.json`` into its own folder (``mavos.training.run``); ``SweepSummary``
+collects them when the multirun ends (every launcher: local, joblib, SLURM) into ``<sweep dir>/summary.csv``
+(one row per job: its overrides, best val/J&F, val FPS, checkpoint), best first, and prints the table.
+``SlurmAllocationCheck`` stops a multirun, before anything is submitted, whose SLURM allocation is not the
+trainer's.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mavos.data.io import atomic_save
+from mavos.registry import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +62,29 @@ class SweepSummary(Callback):
         path = write_sweep_summary(config.hydra.sweep.dir)
         if path is not None:
             print(f"sweep summary ({path}):\n{path.read_text()}", flush=True)
+
+
+def check_slurm_allocation(config: DictConfig) -> None:
+    """One task per GPU: ``hydra.launcher.nodes`` must be ``trainer.num_nodes`` and ``hydra.launcher.gpus_per_node``
+    ``trainer.devices`` (a ``ConfigError`` naming both keys otherwise). Launchers without them pass."""
+    launcher = config.hydra.launcher
+    if launcher is None or "gpus_per_node" not in launcher or "trainer" not in config:
+        return  # not a SLURM launcher
+    wanted = {"nodes": ("trainer.num_nodes", config.trainer.get("num_nodes", 1)),
+              "gpus_per_node": ("trainer.devices", config.trainer.get("devices", 1))}
+    wrong = [f"hydra.launcher.{key}={launcher[key]} but {name}={value}" for key, (name, value) in wanted.items()
+             if isinstance(value, int) and launcher[key] != value]
+    if wrong:
+        raise ConfigError(f"{'; '.join(wrong)}: SLURM would start one task per GPU on an allocation the trainer "
+                          f"does not use, and Lightning would refuse it inside the job; set them equal")
+
+
+class SlurmAllocationCheck(Callback):
+    """``check_slurm_allocation`` before anything is submitted: Lightning checks the same, but inside the job,
+    after it waited in the queue. Hydra turns a callback's exceptions into warnings, so this one exits."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_slurm_allocation(config)
+        except ConfigError as e:
+            raise SystemExit(f"train.py: error: {e}") from None
