@@ -23,6 +23,7 @@ and the ratio of their medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib
 import json
@@ -124,7 +125,8 @@ def apply_compiler_settings(args, contenders: list["Contender"]) -> list["Conten
     """``--inductor`` and ``--fused-depthwise`` for the contenders they concern: the last one (this checkout),
     so that ``--compare-with`` a checkout of the same code times the settings against the defaults in one
     process; without it, the one contender. The depthwise form is set on that contender's own package; the
-    inductor settings are patched in around its session's calls (where it compiles), never process-wide.
+    inductor settings are patched in around its session's calls (``Contender.compiler_settings``), never
+    process-wide.
     Returns the contenders the settings went to."""
     if not (args.inductor or args.fused_depthwise is not None):
         return []
@@ -144,24 +146,6 @@ def apply_compiler_settings(args, contenders: list["Contender"]) -> list["Conten
     return targets
 
 
-def with_inductor_settings(session, settings: dict):
-    """``session`` whose ``step`` and ``add_objects`` (where its step compiles, lazily) run with inductor's
-    config patched by ``settings``: one contender's compiler settings, while another compiles with the
-    defaults."""
-    if not settings:
-        return session
-    import torch._inductor.config as inductor_config
-
-    for name in ("step", "add_objects"):
-        method = getattr(session, name)
-
-        def patched(*a, _method=method, **k):
-            with inductor_config.patch(settings):
-                return _method(*a, **k)
-        setattr(session, name, patched)
-    return session
-
-
 # ---------------------------------------------------------------------------------------------------- packages
 class Contender:
     """One ``mavos`` package under test: this checkout's, or another checkout's loaded as ``mavos_<label>``."""
@@ -171,6 +155,16 @@ class Contender:
         self.inductor: dict = {}  # inductor config while its session runs (--inductor, apply_compiler_settings)
         self.registry = importlib.import_module(f"{package}.registry")
         self.session_module = importlib.import_module(f"{package}.inference.session")
+
+    def compiler_settings(self):
+        """A context with inductor's config patched by this contender's settings: entered around each of its
+        session's calls (where its step compiles, lazily) and outside the timing, so that the patch costs the
+        timed frame nothing while another contender compiles with the defaults."""
+        if not self.inductor:
+            return contextlib.nullcontext()
+        import torch._inductor.config as inductor_config
+
+        return inductor_config.patch(self.inductor)
 
     @classmethod
     def from_checkout(cls, checkout: Path, label: str = "old") -> "Contender":
@@ -201,7 +195,7 @@ class Contender:
             if not hasattr(cls, "tensor_frames"):
                 raise SystemExit(f"{self.label}: this InferenceSession has no compile option")
             kwargs["compile"] = True
-        return with_inductor_settings(cls(net, **kwargs), self.inductor)
+        return cls(net, **kwargs)
 
     @property
     def accepts_tensors(self) -> bool:
@@ -346,7 +340,8 @@ def run_benchmark(args, contenders: list[Contender]) -> tuple[list[dict], dict, 
                                                                       r["frames"], r["mask"])
             compile = args.compile if r["contender"].compile is None else r["contender"].compile
             r["session"] = r["contender"].session(r["net"], args, device, gap, compile)
-            r["session"].add_objects(r["frames"][0], r["mask"])
+            with r["contender"].compiler_settings():
+                r["session"].add_objects(r["frames"][0], r["mask"])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -359,16 +354,17 @@ def run_benchmark(args, contenders: list[Contender]) -> tuple[list[dict], dict, 
             outputs = {}
             for r in order:
                 frame = r["frames"][t % len(r["frames"])]
-                if device.type == "cuda":
-                    start.record()
-                    outputs[id(r)] = r["session"].step(frame)
-                    end.record()
-                    end.synchronize()
-                    ms = start.elapsed_time(end)
-                else:
-                    t0 = time.perf_counter()
-                    outputs[id(r)] = r["session"].step(frame)
-                    ms = (time.perf_counter() - t0) * 1000
+                with r["contender"].compiler_settings():
+                    if device.type == "cuda":
+                        start.record()
+                        outputs[id(r)] = r["session"].step(frame)
+                        end.record()
+                        end.synchronize()
+                        ms = start.elapsed_time(end)
+                    else:
+                        t0 = time.perf_counter()
+                        outputs[id(r)] = r["session"].step(frame)
+                        ms = (time.perf_counter() - t0) * 1000
                 r["rows"].append({"frame": t, "ms": round(ms, 3), "memory_write": int(t % gap == 0),
                                   "timed": int(t > warmup), "mb": round(current_memory_mb(device), 1)})
             for r in runs[1:]:  # outside the timed region: do the contenders compute the same thing?
@@ -452,7 +448,8 @@ def profile(run: dict, frames: int, gap: int, peak: float) -> tuple[str, list[di
     start = session.frame_index + 1
     try:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-        with torch.inference_mode(), torch_profile(activities=activities, record_shapes=True, with_flops=True) as prof:
+        with torch.inference_mode(), run["contender"].compiler_settings(), \
+                torch_profile(activities=activities, record_shapes=True, with_flops=True) as prof:
             wall = time.perf_counter()
             for t in range(start, start + frames):
                 with record_function("frame"):

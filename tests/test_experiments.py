@@ -105,23 +105,17 @@ def test_compiler_settings_reach_inductor_and_the_depthwise_layers(benchmark, mo
     assert DepthwiseConv2d.fused_kernel_sizes == frozenset({3})
     assert Other.inductor == {} and mine.inductor == {"realize_reads_threshold": 1, "max_autotune": False}
 
-    class Session:  # records the config each call saw (a compiled step compiles inside these calls)
-        seen: list = []
+    seen = []
 
-        def step(self, frame):
-            self.seen.append(("step", frame, inductor_config.realize_reads_threshold, inductor_config.max_autotune))
-            return frame
+    def step(frame):  # a session's call: a compiled step compiles inside it, reading the config then
+        seen.append((frame, inductor_config.realize_reads_threshold, inductor_config.max_autotune))
 
-        def add_objects(self, frame, mask):
-            self.seen.append(("add_objects", frame, inductor_config.realize_reads_threshold))
-
-    session = benchmark.with_inductor_settings(Session(), mine.inductor)
-    session.add_objects(0, None)
-    assert session.step(7) == 7
-    assert Session.seen == [("add_objects", 0, 1), ("step", 7, 1, False)]
+    with mine.compiler_settings():
+        step(7)
+    with benchmark.Contender("old", "mavos").compiler_settings():  # a contender without settings
+        step(8)
+    assert seen == [(7, 1, False), (8, default_threshold, inductor_config.max_autotune)]
     assert inductor_config.realize_reads_threshold == default_threshold  # nothing process-wide
-    plain = Session()
-    assert benchmark.with_inductor_settings(plain, {}) is plain
 
     assert benchmark.build_parser().parse_args(["--fused-depthwise", "none"]).fused_depthwise == frozenset()
     with pytest.raises(SystemExit, match="no setting 'realize_read_threshold'"):

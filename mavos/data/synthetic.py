@@ -365,7 +365,7 @@ def generate_synthetic_davis(
         raise DatasetError(f"{root}: exists and is not a synthetic dataset (no {META_FILE} from this generator); "
                            "refusing to overwrite it. Choose another folder.")
     root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(root)
+    _remove_abandoned_builds(root)
     tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         videos: dict[str, dict] = {}
@@ -387,9 +387,10 @@ def generate_synthetic_davis(
 STALE_SECONDS = 3600  # a generation takes seconds to minutes; older temporaries belong to killed runs
 
 
-def _remove_stale_temporaries(root: Path) -> None:
+def _remove_abandoned_builds(root: Path) -> None:
     """Delete the build and swap folders (``.<root>.tmp-*``, ``.<root>.old-*``) that runs killed mid-way left
-    beside ``root`` (a SIGKILL skips the cleanup below): tens of MB each, and nothing else removes them. Only
+    beside ``root`` (a SIGKILL skips the cleanup below; ``io.remove_stale_temporaries`` handles
+    ``atomic_save``'s files, not these): tens of MB each, and nothing else removes them. Only
     those untouched for an hour go, so that a generation running beside this one keeps its folder."""
     now = time.time()
     for pattern in (f".{root.name}.tmp-*", f".{root.name}.old-*"):

@@ -37,13 +37,16 @@ def instantiate_group(cfg: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def model_choice() -> str | None:
-    try:
-        from hydra.core.hydra_config import HydraConfig
+def hydra_config():
+    """The running Hydra app's own config (``HydraConfig``), or None outside one (tests, scripts)."""
+    from hydra.core.hydra_config import HydraConfig
 
-        return HydraConfig.get().runtime.choices.get("model")
-    except ValueError:
-        return None
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def model_choice() -> str | None:
+    hc = hydra_config()
+    return hc.runtime.choices.get("model") if hc is not None else None
 
 
 # ---------------------------------------------------------------- checks before training
@@ -127,12 +130,8 @@ def warn_frozen_random_encoder(encoder: dict, init_from: str | None, resume: str
 
 def hydra_mode() -> str | None:
     """``RUN`` or ``MULTIRUN`` inside a Hydra app, else None."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().mode.name
-    except (ValueError, AttributeError):
-        return None
+    hc = hydra_config()
+    return hc.mode.name if hc is not None and hc.mode is not None else None
 
 
 def check_multirun_launch(strategy, mode: str | None) -> None:
@@ -150,12 +149,8 @@ def check_multirun_launch(strategy, mode: str | None) -> None:
 
 def sweeper_choice() -> str | None:
     """The Hydra sweeper of this run (``optuna`` for hparams_search=optuna), or None outside Hydra."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().runtime.choices.get("hydra/sweeper")
-    except ValueError:
-        return None
+    hc = hydra_config()
+    return hc.runtime.choices.get("hydra/sweeper") if hc is not None else None
 
 
 def check_optimized_metric(metric: str | None, sweeper: str | None, validates: bool) -> None:
@@ -318,12 +313,8 @@ def run_summary(trainer: L.Trainer, model, cfg: DictConfig) -> dict:
             last = cb.last_model_path or last
     history = getattr(model, "val_history", [])
     fps = trainer.callback_metrics.get("val/fps")
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:
-        overrides = []
+    hc = hydra_config()
+    overrides = list(hc.overrides.task) if hc is not None else []
     return {
         "overrides": overrides, "output_dir": str(cfg.paths.output_dir), "global_step": int(trainer.global_step),
         "val/J&F": best if best is not None else (max(v for _, v in history) if history else None),

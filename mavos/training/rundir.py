@@ -57,8 +57,9 @@ def run_dir(runs_dir: str, run_name, ckpt_path, stamp: str) -> str:
             return str(run_of(last))
     elif ckpt_path not in (None, "", "null"):
         path = Path(str(ckpt_path))
-        if path.is_file() and run_of(path) is not None:
-            return str(run_of(path))
+        run = run_of(path) if path.is_file() else None
+        if run is not None:
+            return str(run)
     return str(runs / stamp)
 
 
