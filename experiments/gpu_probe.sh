@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The open questions of issue 11 on one CUDA GPU, in calls of under 10 minutes each (most wanted first):
-#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [main|swinb|eval]
+#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [graphs|main|swinb|eval]
+# graphs (~9 minutes at most, COMPARE_WITH a checkout of 1704b70: torch.compile's own CUDA graphs): the
+#   session's own CUDA graphs with the memory updated in place (mavos/inference/graphs.py), MobileNetV2 compiled
+#   bf16 at 480p over 1000 frames beside COMPARE_WITH in one process, with the kernel profile (300 FPS?), after
+#   the CUDA tests' compiled-equals-eager check (float32, 1e-4) on those graphs.
 # main (~9 minutes at most):
 #   1. MobileNetV2's compiled bf16 step at 480p over 1000 frames with inductor writing the 5x5 depthwise
 #      convolutions' input out once instead of recomputing it in every tap (--inductor realize_reads_threshold=1),
@@ -19,14 +23,14 @@
 # with --max-seconds (it then prints the summary of the frames timed so far) and has a `timeout` as the
 # backstop. Logs land in OUT_DIR/probe_PART.log, per-frame curves in OUT_DIR/runs.
 set -u
-OUT_DIR=${1:?usage: bash experiments/gpu_probe.sh OUT_DIR [main|swinb|eval]}
+OUT_DIR=${1:?usage: bash experiments/gpu_probe.sh OUT_DIR [graphs|main|swinb|eval]}
 PART=${2:-main}
 PY=${PYTHON:-python3}
 WORK=${TMPDIR:-/tmp}/mavos_gpu_probe
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled PYTHONWARNINGS=ignore
-case "$PART" in main|swinb|eval) ;; *) echo "gpu_probe.sh: PART must be main, swinb or eval, not '$PART'" >&2; exit 2;; esac
-if [ "$PART" = swinb ] && [ -z "${COMPARE_WITH:-}" ]; then
-  echo "gpu_probe.sh swinb: set COMPARE_WITH to a checkout of 03990db (see the header)" >&2; exit 2
+case "$PART" in graphs|main|swinb|eval) ;; *) echo "gpu_probe.sh: PART must be graphs, main, swinb or eval, not '$PART'" >&2; exit 2;; esac
+if { [ "$PART" = swinb ] || [ "$PART" = graphs ]; } && [ -z "${COMPARE_WITH:-}" ]; then
+  echo "gpu_probe.sh $PART: set COMPARE_WITH to an older checkout (see the header)" >&2; exit 2
 fi
 mkdir -p "$OUT_DIR" "$WORK"
 SB="$PY experiments/speed_benchmark.py --device cuda --no-flops --cudnn-benchmark --size 480x854 --compile"
@@ -37,7 +41,14 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
   step "environment ($PART)"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-  if [ "$PART" = main ]; then
+  if [ "$PART" = graphs ]; then
+    step "CUDA tests: the compiled step on its own CUDA graphs equals eager (float32)"
+    timeout 150 $PY -m pytest -q -s -p no:cacheprovider -p no:logging tests/test_cuda.py -k compiled_step 2>&1 \
+      | grep -E "^E |passed|failed|compiled vs eager|Error" | head -n 30
+    step "MobileNetV2 compiled bf16 480p: the session's own CUDA graphs (new) beside $COMPARE_WITH (old)"
+    timeout 320 $SB --model mavos_mbv2 --precision bf16 --max-seconds 300 --profile 10 --compare-with "$COMPARE_WITH" \
+      2>&1 | keep | head -n 50
+  elif [ "$PART" = main ]; then
     step "MobileNetV2 compiled bf16 480p: realize_reads_threshold=1 (new) beside inductor's defaults (old)"
     timeout 290 $SB --model mavos_mbv2 --precision bf16 --max-seconds 270 --profile 10 --compare-with . \
       --inductor realize_reads_threshold=1 2>&1 | keep | head -n 50

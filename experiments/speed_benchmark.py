@@ -578,6 +578,8 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
         "flops_counted": not args.no_flops, "gflop_end": end_flops / 1e9,  # a regular frame after the timed ones (grows with a growing memory)
         "achieved_gflops": achieved / 1e9, "peak_gflops": peak / 1e9, "fraction_of_peak": achieved / peak,
         "torch": torch.__version__, "rows": rows,
+        # why a compiled run ran eagerly after all (a compiler failure falls back with a warning, not an error)
+        "fell_back": getattr(run["session"].step_functions, "disabled", None) if run["session"].compile else None,
         # against the first contender (--compare-with / --compare-compile), over every frame after the first
         "max_prob_diff": max((r["max_prob_diff"] for r in rows if "max_prob_diff" in r), default=None),
         "label_diff": (statistics.fmean(r["label_diff"] for r in rows if "label_diff" in r)
@@ -677,7 +679,8 @@ def summary_line(r: dict) -> str:
              if r["flops_counted"] else "FLOPs not counted (--no-flops)")
     return (f"median {r['median_ms']:.2f} ms  p90 {r['p90_ms']:.2f}  write {r['write_median_ms']:.2f}  "
             f"{r['fps']:.2f} FPS  first/last 10% {r['first_tenth_ms']:.2f}/{r['last_tenth_ms']:.2f} ms  "
-            f"peak {r['peak_mb']:.0f} MB  {flops}")
+            f"peak {r['peak_mb']:.0f} MB  {flops}"
+            + (f"  NOT COMPILED: fell back to eager ({r['fell_back']})" if r.get("fell_back") else ""))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

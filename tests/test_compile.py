@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from mavos.inference.graphs import SessionGraphs
 from mavos.inference.session import InferenceSession
 from mavos.inference.step import CompiledFrameStep
 from mavos.registry import build_network
@@ -30,6 +31,28 @@ def video():
     return vid, mask
 
 
+def rerun_capture(body, pool, written):
+    """The CPU's stand-in for recording a CUDA graph: recording runs nothing (``body`` runs, and the buffers it
+    writes are put back); a replay runs ``body`` again and leaves its results in the recorded outputs."""
+    saved = [t.clone() for t in written]
+    out = body()
+    for t, s in zip(written, saved):
+        t.copy_(s)
+    first = torch.utils._pytree.tree_flatten(out)[0]
+
+    def replay():
+        for dst, src in zip(first, torch.utils._pytree.tree_flatten(body())[0]):
+            if isinstance(dst, torch.Tensor):
+                dst.copy_(src)
+    return out, replay
+
+
+def graphed_step(net) -> CompiledFrameStep:
+    """A compiled step on the GPU's path (its own graphs, recorded by the stand-in), with dynamo's eager backend
+    (the tracing, without inductor's compile time)."""
+    return CompiledFrameStep(net, torch.device("cpu"), backend="eager", graphs=SessionGraphs(rerun_capture))
+
+
 def run(session: InferenceSession, video, frames: int = FRAMES) -> torch.Tensor:
     vid, mask = video
     session.add_objects(vid[0], mask)
@@ -50,21 +73,20 @@ def test_compiled_step_equals_eager_over_30_frames(net, video, eager):
         compiled = run(session, video)
     step = session.step_functions
     assert isinstance(step, CompiledFrameStep) and step.disabled is None
-    assert set(step._compiled) == {"segment", "write"}
+    assert set(step.compiled.functions) == {"segment", "write"}
     assert (compiled - eager).abs().max() < 1e-4
 
 
 def test_warm_up_compiles_every_step_before_the_video(net, video, eager):
     """``warm_up`` (evaluation calls it before the first frame) leaves nothing to compile or record during the
-    video itself, for a video of another long-term gap too, and changes no output. Dynamo's eager backend on the
-    CUDA-graph dispatch path (step markers, outputs cloned, the frames before the first write compiled too)."""
+    video itself, for a video of another long-term gap too, and changes no output. The GPU's path: the session's
+    own graphs (the frames before the first write compiled too), recorded by the CPU's stand-in."""
     from torch._dynamo.utils import counters
 
     session = InferenceSession(net, long_term_gap=GAP, compile=True)
-    step = session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
-    step.cudagraphs = True  # the CUDA-graph dispatch path, as on a GPU
+    step = session.step_functions = graphed_step(net)
     session.warm_up((SIZE, SIZE))
-    assert set(step._compiled) == {"segment", "write"}
+    assert set(step.compiled.functions) == {"segment", "write"}
     graphs = counters["stats"]["unique_graphs"]
     out = run(session, video)
     assert counters["stats"]["unique_graphs"] == graphs  # no new graph: nothing was compiled while timed
@@ -84,8 +106,7 @@ def test_warm_up_rehearses_the_object_groups_a_video_will_have(net, video):
     for k in range(12):
         mask[10:50, 2 + 5 * k: 6 + 5 * k] = k + 1
     session = InferenceSession(net, long_term_gap=GAP, compile=True)
-    step = session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
-    step.cudagraphs = True
+    step = session.step_functions = graphed_step(net)
     assert torch._dynamo.config.recompile_limit >= 64
     session.warm_up((SIZE, SIZE), (12,))
     graphs = counters["stats"]["unique_graphs"]
@@ -102,33 +123,103 @@ def test_warm_up_rehearses_the_object_groups_a_video_will_have(net, video):
 def test_a_regular_frame_is_one_compiled_call_and_a_memory_write_frame_two(net, video, eager, cudagraphs):
     """Each frame with a full memory runs ``segment`` compiled once (encoder, propagation, decoder, the label,
     the frame's identity), and every GAP-th one also ``write``; nothing else of the step. The frames before the
-    first write (the reference alone in memory) are compiled too where CUDA graphs are (the dispatch path a GPU
-    takes, here with dynamo's eager backend), eager otherwise."""
+    first write (the reference alone in memory) are compiled too where CUDA graphs are (the path a GPU takes,
+    its graphs recorded by the stand-in), eager otherwise."""
     session = InferenceSession(net, long_term_gap=GAP, compile=True)
-    step = session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
-    step.cudagraphs = cudagraphs
+    step = session.step_functions = (graphed_step(net) if cudagraphs
+                                     else CompiledFrameStep(net, torch.device("cpu"), backend="eager"))
     session.warm_up((SIZE, SIZE))
     calls = []
-    for name, fn in list(step._compiled.items()):
-        step._compiled[name] = lambda *args, _name=name, _fn=fn: calls.append((frame, _name)) or _fn(*args)
-    vid, mask = video
-    session.add_objects(vid[0], mask)
-    outs = []
-    for frame in range(1, 13):
-        outs.append(session.step(vid[frame]).clone())
+    run_compiled = step._run
+    step._run = lambda name, *args: calls.append((session.frame_index, name)) or run_compiled(name, *args)
+    out = run(session, video, frames=13)
     # one call a frame: frames 1-3 with the reference alone in memory (the write at frame 3 only stores the frame,
     # eagerly), frames 4-12 with the full memory; a second call at the writes of frames 6, 9 and 12
     expected = [(f, "segment") for f in range(1 if cudagraphs else 4, 13)]
     expected += [(f, "write") for f in (6, 9, 12)]
     assert sorted(calls) == sorted(expected)
-    assert (torch.stack(outs) - eager[:12]).abs().max() < 1e-4
+    assert (out - eager[:12]).abs().max() < 1e-4
 
 
-def test_compiled_frames_with_flip_two_object_groups_and_a_new_object_equal_eager(net):
+def test_graphs_keep_the_memory_in_place_and_copy_only_the_frame(net, video, eager):
+    """Once a session's graphs are recorded, a frame copies one tensor into them (the frame) and a memory write
+    none: the trackers' short-term memory and long-term readout are the graphs' own buffers, updated in place by
+    the replays, and the probabilities handed out are the caller's to keep (later frames do not change them)."""
+    session = InferenceSession(net, long_term_gap=GAP, compile=True)
+    step = session.step_functions = graphed_step(net)
+    graphs = step.graphs
+    copies = []
+    copy = graphs._copy
+    graphs._copy = lambda buffer, x: copies.append(session.frame_index) or copy(buffer, x)
+    vid, mask = video
+    session.add_objects(vid[0], mask)
+    outs = [session.step(f) for f in vid[1:FRAMES]]  # not cloned: each must stay as it was returned
+    assert (torch.stack(outs) - eager).abs().max() < 1e-4
+    tracker = session.views[0][0]
+    memory = [t for layer in tracker.short_term + tracker.memory.readout for t in layer]
+    assert all(graphs.buffers.get(id(t)) is t for t in memory)
+    # frames 1-3: the reference alone in memory (graph recorded at frame 1); the eager first write at frame 3
+    # makes a new readout, copied in once when the full memory's graph is recorded at frame 4; the write's graph,
+    # recorded at frame 6, takes the buffers the frame's graphs hold that memory in. From frame 5 on: the frame.
+    assert [f for f in copies if f >= 5] == list(range(5, FRAMES)), copies
+    assert len(graphs.recorded) == 3
+
+
+def test_graphs_give_each_memory_its_own_graph_and_copy_a_changed_input_again():
+    """One function serving two memories in turns (MCA's write, once per object group) keeps each in its own
+    buffers; an input changed in place since it was copied in is copied again; outputs handed out stay as
+    they were."""
+    graphs = SessionGraphs(rerun_capture)
+
+    def step(x, state):
+        return x.sum() + state, state + x
+
+    def advance(x, state):
+        return graphs.run("step", step, (x, state), lambda args: [args[1]], lambda out: [out[1]])
+
+    x, a, b = torch.ones(3), torch.zeros(3), torch.full((3,), 10.0)
+    totals = []
+    for _ in range(4):  # recorded, then replayed
+        total_a, a = advance(x, a)
+        total_b, b = advance(x, b)
+        totals.append((total_a, total_b))
+    assert torch.equal(a, torch.full((3,), 4.0)) and torch.equal(b, torch.full((3,), 14.0))
+    assert [(float(ta[0]), float(tb[0])) for ta, tb in totals] == [(3, 13), (4, 14), (5, 15), (6, 16)]
+    assert len(graphs.recorded) == 2 and a is not b
+    x.mul_(2)  # the graphs hold a copy of the old x
+    total_a, a = advance(x, a)
+    assert torch.equal(total_a, torch.full((3,), 10.0)) and torch.equal(a, torch.full((3,), 6.0))
+
+
+def test_sessions_interleaved_keep_their_own_memory(net, video, eager):
+    """Two videos stepped in turns, each session with its own graphs over the same compiled functions: each
+    equals its video segmented alone (the graphs' buffers are one session's memory, never another's)."""
+    vid, mask = video
+    other_vid = [f[:, ::-1].copy() for f in vid]
+    alone = run(InferenceSession(net, long_term_gap=GAP), (other_vid, mask[:, ::-1]))
+    a = InferenceSession(net, long_term_gap=GAP, compile=True)
+    a.step_functions = graphed_step(net)
+    b = InferenceSession(net, long_term_gap=GAP, compile=True)
+    b.step_functions = a.step_functions.for_another_session()
+    assert b.step_functions.compiled is a.step_functions.compiled
+    assert b.step_functions.graphs is not a.step_functions.graphs
+    a.add_objects(vid[0], mask)
+    b.add_objects(other_vid[0], mask[:, ::-1].copy())
+    outs_a, outs_b = [], []
+    for fa, fb in zip(vid[1:FRAMES], other_vid[1:FRAMES]):
+        outs_a.append(a.step(fa))
+        outs_b.append(b.step(fb))
+    assert (torch.stack(outs_a) - eager).abs().max() < 1e-4
+    assert (torch.stack(outs_b) - alone).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("cudagraphs", [False, True])
+def test_compiled_frames_with_flip_two_object_groups_and_a_new_object_equal_eager(net, cudagraphs):
     """The compiled frame with everything a session merges inside it: the mirrored view, 12 objects in two
     groups (more than the ID bank's 10), and a 13th object given at frame 5 (that frame runs eagerly as a
-    reference; the groups change size, so the frame compiles again). Dynamo's eager backend: the tracing,
-    without inductor's compile time."""
+    reference; the groups change size, so the frame compiles again), without and with the session's graphs
+    (4 groups' memory in their buffers; a reference frame's new memory copied in). Dynamo's eager backend: the
+    tracing, without inductor's compile time."""
     h, w, gap = 33, 49, 2
     rng = np.random.default_rng(5)
     vid = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(9)]
@@ -144,25 +235,27 @@ def test_compiled_frames_with_flip_two_object_groups_and_a_new_object_equal_eage
 
     expected = run_video(InferenceSession(net, long_term_gap=gap, flip=True))
     session = InferenceSession(net, long_term_gap=gap, flip=True, compile=True)
-    step = session.step_functions = CompiledFrameStep(net, torch.device("cpu"), backend="eager")
+    step = session.step_functions = (graphed_step(net) if cudagraphs
+                                     else CompiledFrameStep(net, torch.device("cpu"), backend="eager"))
     calls = []
     run_compiled = step._run
     step._run = lambda name, *args: calls.append((session.frame_index, name)) or run_compiled(name, *args)
     out = run_video(session)
     assert step.disabled is None
-    # memory full from the first write (frame 2) on; frame 5 is a reference (eager, its memory writes too)
-    assert [f for f, name in calls if name == "segment"] == [3, 4, 6, 7, 8]
+    # memory full from the first write (frame 2) on (with graphs, frames 1-2 before it too); frame 5 is a
+    # reference (eager, its memory writes too)
+    assert [f for f, name in calls if name == "segment"] == [1, 2, 3, 4, 6, 7, 8][0 if cudagraphs else 2:]
     assert [f for f, name in calls if name == "write"] == [4] * 4 + [7] * 4  # 2 views x 2 groups
     assert [p.shape[0] for p in out] == [13] * 4 + [14] * 4
     for got, want in zip(out, expected):
         assert (got - want).abs().max() < 1e-4
 
 
-def test_sessions_share_one_compiled_step(net):
-    """One compiled step per network and device: a video per session never recompiles."""
+def test_sessions_share_the_compiled_functions(net):
+    """One set of compiled functions per network and device: a video per session never recompiles."""
     a, b = InferenceSession(net, compile=True), InferenceSession(net, compile=True)
-    assert a.step_functions is b.step_functions
-    assert InferenceSession(copy.deepcopy(net), compile=True).step_functions is not a.step_functions
+    assert a.step_functions.compiled is b.step_functions.compiled
+    assert InferenceSession(copy.deepcopy(net), compile=True).step_functions.compiled is not a.step_functions.compiled
 
 
 def test_failing_compiler_warns_once_and_runs_eagerly(net, video, eager, monkeypatch):
@@ -191,4 +284,4 @@ def test_growing_memory_is_not_compiled():
     session.add_objects(vid[0], mask)
     for f in vid[1:]:
         assert session.step(f).shape == (2, 33, 33)
-    assert session.step_functions._compiled == {}
+    assert session.step_functions.compiled.functions == {}

@@ -151,6 +151,9 @@ def test_summary_line_says_when_flops_were_not_counted(benchmark):
     counted = dict(summary, gflop_regular=122.0, gflop_write=232.0, gflop_end=122.0, achieved_gflops=35200.0,
                    fraction_of_peak=0.0457, peak_gflops=775000.0, flops_counted=True)
     assert benchmark.summary_line(counted).endswith("122.0/232.0 GFLOP  35200 GFLOP/s = 5% of 775000")
+    # a compiled run whose compiler failed ran eagerly: its numbers must not pass for compiled ones
+    failed = dict(summary, fell_back="RuntimeError: unsupported op")
+    assert benchmark.summary_line(failed).endswith("NOT COMPILED: fell back to eager (RuntimeError: unsupported op)")
 
 
 def test_attention_paths_agree_and_the_dense_window_mask_is_the_banded_window():

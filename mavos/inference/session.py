@@ -82,10 +82,11 @@ class InferenceSession:
       object 2): the network sees the objects numbered 1..n in order of first appearance, as in the official
       evaluation, and ``last_mask`` and the probabilities' channels are the given ids again (``object_ids``:
       the given ids in the network's order).
-    compile: run the per-frame step compiled (``CompiledFrameStep``, shared by all sessions of the network: a
-      frame is one compiled function, ``segment``, and a memory write one more): needs a fixed-size memory
-      (MCA); otherwise, or where compiling fails, one warning and eager execution.
-      Compiled functions are specialised to the frame size: each new inference size compiles again.
+    compile: run the per-frame step compiled (``CompiledFrameStep``: a frame is one compiled function,
+      ``segment``, and a memory write one more, shared by all sessions of the network; on CUDA replayed from
+      the session's own CUDA graphs): needs a fixed-size memory (MCA); otherwise, or where compiling fails, one
+      warning and eager execution. Compiled functions are specialised to the frame size: each new inference
+      size compiles again.
     tf32: TF32 for float32 work on CUDA (true), strict float32 (false), torch's defaults (null); see ``set_tf32``:
       process-wide, so give every session of a process the same value.
     """
@@ -190,7 +191,7 @@ class InferenceSession:
         """A given mask as the network's ids (objects numbered 1.. in order of first appearance; new ids are
         added to ``object_ids``), on the device. Masks come with the first frame and with frames that add
         objects, never on the per-frame path, so reading their ids on the host costs no frame a sync."""
-        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+        m = torch.as_tensor(np.ascontiguousarray(mask) if not isinstance(mask, torch.Tensor) else mask)
         if m.dtype == torch.bool:  # a boolean mask (SAM2-style): one object
             m = m.to(torch.uint8)
         if m.is_floating_point() or m.is_complex():
@@ -326,7 +327,7 @@ class InferenceSession:
         rehearsal = InferenceSession(self.net, long_term_gap=3, max_long_edge=self.max_long_edge,
                                      max_short_edge=self.max_short_edge, flip=self.flip, amp=self.amp,
                                      device=self.device)
-        rehearsal.step_functions, rehearsal.compile = step, True
+        rehearsal.step_functions, rehearsal.compile = step.for_another_session(), True
         generator = torch.Generator(device=self.device).manual_seed(0)
         frames = torch.randint(0, 256, (16, h, w, 3), generator=generator, device=self.device, dtype=torch.uint8)
         mask = torch.zeros(h, w, dtype=torch.int64, device=self.device)

@@ -11,9 +11,10 @@ and ``InferenceSession``) and call pure functions of tensors for the work:
 - ``encode``, ``propagate``, ``memorize``: the parts, for reference frames and for training's batched clips.
 
 With a fixed-size memory (MCA) the inputs of ``segment`` have one shape until the first long-term write and
-another from then on, so ``CompiledFrameStep`` runs it (and ``write``) through ``torch.compile`` (CUDA graphs on
-a GPU, ``mode="reduce-overhead"``): one graph per frame, and one more on a memory-write frame. Wherever
-compiling is not possible it falls back to eager execution, with one warning.
+another from then on, so ``CompiledFrameStep`` runs it (and ``write``) through ``torch.compile``, on a GPU
+replayed from the session's own CUDA graphs (``mavos.inference.graphs``: the memory stays in the graphs' buffers):
+one graph per frame, and one more on a memory-write frame. Wherever compiling is not possible it falls back to
+eager execution, with one warning.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from mavos.inference.graphs import SessionGraphs
 from mavos.model.layers import tokens_to_map
 from mavos.model.memory import MemoryState
 from mavos.model.propagation import LayerMemory, PendingMemory
@@ -222,35 +224,13 @@ def compiler_problem(device: torch.device) -> str | None:
     return None
 
 
-class CompiledFrameStep(FrameStep):
-    """``FrameStep`` with ``segment`` and ``write`` compiled for a fixed-size memory: a regular frame is one
-    compiled function, a memory-write frame two. ``segment`` compiles for the full memory (both slots of MCA)
-    and, with CUDA graphs, once more for the frames before the first long-term write (the reference alone in
-    memory), so that short videos do not spend their first ``gap`` frames eager where launches set the pace (on
-    the CPU, where compiled runs as fast as eager, they stay eager rather than compile twice); ``write`` once
-    the memory is full (the first write only stores the frame). Reference frames and frames where a mask adds
-    objects run eagerly. On CUDA, ``mode="reduce-overhead"`` captures CUDA graphs; their outputs live in buffers
-    that the next replay overwrites, so outputs are cloned. Any failure to compile (no compiler, an op the
-    compiler does not support) gives one warning and eager execution from then on, never an error.
-    """
+class CompiledFunctions:
+    """The compiled ``segment`` and ``write`` of one network on one device, shared by every session (a video per
+    session never compiles again, and dynamo's recompilation limit is never reached), with what they share: why
+    compiling is off (``disabled``: None while it works) and the shapes ``InferenceSession.warm_up`` rehearsed."""
 
-    @classmethod
-    def shared(cls, net: VOSNetwork, device: torch.device) -> "CompiledFrameStep":
-        """The one compiled step of ``net`` on ``device``: every session (one per video) reuses its compiled
-        functions instead of compiling again (and dynamo's recompilation limit is never reached)."""
-        per_net = _SHARED.setdefault(net, {})
-        key = str(device)
-        if key not in per_net:
-            per_net[key] = cls(net, device)
-        return per_net[key]
-
-    def __init__(self, net: VOSNetwork, device: torch.device, mode: str | None = None, backend: str = "inductor"):
-        super().__init__(net)
-        self._net = weakref.ref(net)  # held weakly: the network owns its shared step, not the other way round
-        self.device = device
+    def __init__(self, net: VOSNetwork, device: torch.device, backend: str = "inductor"):
         self.backend = backend
-        self.mode = mode if mode is not None else ("reduce-overhead" if device.type == "cuda" else "default")
-        self.cudagraphs = device.type == "cuda" and self.mode == "reduce-overhead" and backend == "inductor"
         self.disabled: str | None = None
         if net.memory.fixed_slots is None:
             self.disabled = (f"session.compile needs a fixed-size memory (MCA); {type(net.memory).__name__} grows "
@@ -258,7 +238,7 @@ class CompiledFrameStep(FrameStep):
         else:
             self.disabled = compiler_problem(device)
         if self.disabled:
-            warnings.warn(f"session.compile: running eagerly ({self.disabled})", stacklevel=3)
+            warnings.warn(f"session.compile: running eagerly ({self.disabled})", stacklevel=4)
         else:
             # dynamo compiles a function for at most 8 shapes, then runs it eagerly without telling the caller;
             # every frame size of a benchmark is a shape here (x2 with CUDA graphs, x the object groups), and
@@ -266,12 +246,73 @@ class CompiledFrameStep(FrameStep):
             config = torch._dynamo.config
             name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
             setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
-        self._compiled: dict[str, Callable] = {}
+        self.functions: dict[str, Callable] = {}
         self.warmed: set = set()  # (inference size, autocast dtype, flip, groups) InferenceSession.warm_up ran
+
+    def get(self, name: str, fn: Callable) -> Callable:
+        """``fn`` compiled (once), without torch.compile's own CUDA graphs: a session records its own."""
+        if name not in self.functions:
+            self.functions[name] = torch.compile(fn, backend=self.backend, dynamic=False)
+        return self.functions[name]
+
+
+class CompiledFrameStep(FrameStep):
+    """``FrameStep`` with ``segment`` and ``write`` compiled for a fixed-size memory: a regular frame is one
+    compiled function, a memory-write frame two. ``segment`` compiles for the full memory (both slots of MCA)
+    and, with CUDA graphs, once more for the frames before the first long-term write (the reference alone in
+    memory), so that short videos do not spend their first ``gap`` frames eager where launches set the pace (on
+    the CPU, where compiled runs as fast as eager, they stay eager rather than compile twice); ``write`` once
+    the memory is full (the first write only stores the frame). Reference frames and frames where a mask adds
+    objects run eagerly.
+
+    One per session: the compiled functions are shared (``CompiledFunctions``), and on CUDA the session's own
+    CUDA graphs of them (``SessionGraphs``: the memory stays in the graphs' buffers, updated in place, and only
+    the frame is copied in and the probabilities and label out). Any failure to compile or to record a graph
+    (no compiler, an op the compiler does not support) gives one warning and eager execution from then on, for
+    every session of the network, never an error.
+    """
+
+    @classmethod
+    def shared(cls, net: VOSNetwork, device: torch.device) -> "CompiledFrameStep":
+        """A session's compiled step, with the compiled functions of ``net`` on ``device`` that every session
+        shares."""
+        per_net = _SHARED.setdefault(net, {})
+        key = str(device)
+        if key not in per_net:
+            per_net[key] = CompiledFunctions(net, device)
+        return cls(net, device, functions=per_net[key])
+
+    def __init__(self, net: VOSNetwork, device: torch.device, backend: str = "inductor",
+                 functions: CompiledFunctions | None = None, graphs: SessionGraphs | None = None):
+        super().__init__(net)
+        self._net = weakref.ref(net)  # held weakly: the network owns its shared functions, not the other way round
+        self.device = device
+        self.compiled = functions if functions is not None else CompiledFunctions(net, device, backend)
+        if graphs is None and device.type == "cuda" and self.compiled.backend == "inductor":
+            graphs = SessionGraphs()
+        self.graphs = graphs
 
     @property
     def net(self) -> VOSNetwork:
         return self._net()
+
+    def for_another_session(self) -> "CompiledFrameStep":
+        """A step for another session (``InferenceSession.warm_up``'s rehearsal): the same compiled functions,
+        graphs of its own recorded the same way."""
+        graphs = SessionGraphs(self.graphs.capture) if self.graphs is not None else None
+        return CompiledFrameStep(self.net, self.device, functions=self.compiled, graphs=graphs)
+
+    @property
+    def disabled(self) -> str | None:
+        return self.compiled.disabled
+
+    @property
+    def warmed(self) -> set:
+        return self.compiled.warmed
+
+    @property
+    def cudagraphs(self) -> bool:
+        return self.graphs is not None
 
     # ------------------------------------------------------------------ pure functions that get compiled
     def _segment_fn(self, inputs, states, layout, encoder):
@@ -280,21 +321,37 @@ class CompiledFrameStep(FrameStep):
     def _write_fn(self, readout, slot_tokens, short_term, size):
         return self.net.memory.write(MemoryState(readout, slot_tokens), short_term, size).readout
 
+    # the memory each function replaces (in its arguments) and its new value (in its outputs), in the same order:
+    # what the session's CUDA graphs update in place
+    @staticmethod
+    def _segment_memory(args) -> list:
+        return [t for groups in args[1] for state in groups for layer in state.short_term for t in layer]
+
+    @staticmethod
+    def _segment_updates(out) -> list:
+        return [t for groups in out[2] for short_term in groups for layer in short_term for t in layer]
+
+    @staticmethod
+    def _write_memory(args) -> list:
+        return [t for layer in args[0] for t in layer]
+
+    @staticmethod
+    def _write_updates(out) -> list:
+        return [t for layer in out for t in layer]
+
     # ------------------------------------------------------------------ dispatch
     def _run(self, name: str, fn: Callable, *args):
         if self.disabled:
             return fn(*args)
-        compiled = self._compiled.get(name)
-        if compiled is None:
-            options = {"mode": self.mode} if self.backend == "inductor" else {}
-            compiled = self._compiled[name] = torch.compile(fn, backend=self.backend, dynamic=False, **options)
         try:
-            if self.cudagraphs:
-                torch.compiler.cudagraph_mark_step_begin()
-                return _clone(compiled(*args))
+            compiled = self.compiled.get(name, fn)
+            if self.graphs is not None:
+                memory, updates = ((self._segment_memory, self._segment_updates) if name == "segment"
+                                   else (self._write_memory, self._write_updates))
+                return self.graphs.run(name, compiled, args, memory, updates)
             return compiled(*args)
         except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
-            self.disabled = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            self.compiled.disabled = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
             warnings.warn(f"session.compile: compiling failed, running eagerly from here on ({self.disabled})",
                           stacklevel=3)
             return fn(*args)
@@ -317,15 +374,5 @@ class CompiledFrameStep(FrameStep):
         return MemoryState(readout, long_term.slot_tokens)
 
 
-_SHARED: "weakref.WeakKeyDictionary[VOSNetwork, dict[str, CompiledFrameStep]]" = weakref.WeakKeyDictionary()
+_SHARED: "weakref.WeakKeyDictionary[VOSNetwork, dict[str, CompiledFunctions]]" = weakref.WeakKeyDictionary()
 
-
-def _clone(tree):
-    """Copy every tensor of a nested output out of the CUDA graph's buffers."""
-    if isinstance(tree, torch.Tensor):
-        return tree.clone()
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(_clone(t) for t in tree))
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_clone(t) for t in tree)
-    return tree
