@@ -50,7 +50,7 @@ def rerun_capture(body, pool, written):
 def graphed_step(net) -> CompiledFrameStep:
     """A compiled step on the GPU's path (its own graphs, recorded by the stand-in), with dynamo's eager backend
     (the tracing, without inductor's compile time)."""
-    return CompiledFrameStep(net, torch.device("cpu"), backend="eager", graphs=SessionGraphs(rerun_capture))
+    return CompiledFrameStep(net, torch.device("cpu"), backend="eager", capture=rerun_capture)
 
 
 def run(session: InferenceSession, video, frames: int = FRAMES) -> torch.Tensor:
@@ -77,19 +77,25 @@ def test_compiled_step_equals_eager_over_30_frames(net, video, eager):
     assert (compiled - eager).abs().max() < 1e-4
 
 
-def test_warm_up_compiles_every_step_before_the_video(net, video, eager):
+def test_warm_up_compiles_every_step_before_the_video(net, video, eager, monkeypatch):
     """``warm_up`` (evaluation calls it before the first frame) leaves nothing to compile or record during the
     video itself, for a video of another long-term gap too, and changes no output. The GPU's path: the session's
-    own graphs (the frames before the first write compiled too), recorded by the CPU's stand-in."""
+    own graphs (the frames before the first write compiled too), recorded by the CPU's stand-in; the rehearsal's
+    graphs, given back when it ends, are the ones the video replays (its memory copied into them)."""
     from torch._dynamo.utils import counters
 
+    recorded = []
+    record = SessionGraphs._record
+    monkeypatch.setattr(SessionGraphs, "_record", lambda self, *a: recorded.append(a[0]) or record(self, *a))
     session = InferenceSession(net, long_term_gap=GAP, compile=True)
     step = session.step_functions = graphed_step(net)
     session.warm_up((SIZE, SIZE))
     assert set(step.compiled.functions) == {"segment", "write"}
+    assert len(recorded) == 3  # the frame before the first write, with the full memory, and the write
     graphs = counters["stats"]["unique_graphs"]
     out = run(session, video)
     assert counters["stats"]["unique_graphs"] == graphs  # no new graph: nothing was compiled while timed
+    assert len(recorded) == 3  # nor recorded
     assert step.disabled is None and (out - eager).abs().max() < 1e-4
     session.warm_up((SIZE, SIZE))  # once per size: the second call does no work
     assert counters["stats"]["unique_graphs"] == graphs and len(step.warmed) == 1

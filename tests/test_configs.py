@@ -117,3 +117,16 @@ def test_callback_configs_instantiate(callbacks):
     assert len(made) == len([c for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c])
     if callbacks == "ema":
         assert any(type(c).__name__ == "RecipeEMA" for c in made)
+
+
+def test_early_stopping_beside_the_recipe_ema_keeps_both():
+    """The README's `callbacks=[ema,early_stopping]`: the recipe's EMA, early stopping and the checkpoints
+    together (``callbacks=early_stopping`` alone replaces the experiment's ema choice)."""
+    from mavos.training.run import instantiate_group
+
+    made = {type(c).__name__ for c in instantiate_group(compose_train(["experiment=pre_ytb_dav",
+                                                                        "callbacks=[ema,early_stopping]"]).callbacks)}
+    assert {"RecipeEMA", "EarlyStopping", "ModelCheckpoint", "FinalCheckpoint"} <= made
+    alone = {type(c).__name__ for c in instantiate_group(compose_train(["experiment=pre_ytb_dav",
+                                                                         "callbacks=early_stopping"]).callbacks)}
+    assert "RecipeEMA" not in alone and "EarlyStopping" in alone

@@ -243,3 +243,23 @@ def test_only_rank_zero_makes_the_wandb_run_id(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "2")  # torchrun's rank wins over SLURM's task id
     monkeypatch.setenv("SLURM_PROCID", "0")
     assert wandb_run_id(tmp_path / "other") is None
+
+
+def test_a_new_preemption_checkpoint_removes_the_ones_it_supersedes(tmp_path):
+    """Each SLURM preemption writes hpc_ckpt_<n+1>.ckpt (a full training state); the requeued job restores the
+    highest number, so once it is written the older ones are removed (Lightning keeps them all). last.ckpt and
+    other runs' files are left alone."""
+    from mavos.training.checkpoint_io import AtomicCheckpointIO
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    (run / "checkpoints").mkdir(parents=True)
+    other.mkdir()
+    for path in (run / "hpc_ckpt_1.ckpt", run / "hpc_ckpt_2.ckpt", run / "hpc_ckpt_10.ckpt", other / "hpc_ckpt_1.ckpt"):
+        path.write_bytes(b"old state")
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 5}, run / "checkpoints" / "last.ckpt")  # not a preemption: removes nothing
+    assert len(list(run.glob("hpc_ckpt_*.ckpt"))) == 3
+    io.save_checkpoint({"step": 7}, run / "hpc_ckpt_11.ckpt")
+    assert sorted(p.name for p in run.glob("hpc_ckpt_*.ckpt")) == ["hpc_ckpt_11.ckpt"]
+    assert torch.load(run / "hpc_ckpt_11.ckpt")["step"] == 7 and (run / "checkpoints" / "last.ckpt").is_file()
+    assert (other / "hpc_ckpt_1.ckpt").is_file()

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from mavos.inference.graphs import SessionGraphs
+from mavos.inference.graphs import Capture, SessionGraphs, capture_cuda
 from mavos.model.layers import tokens_to_map
 from mavos.model.memory import MemoryState
 from mavos.model.propagation import LayerMemory, PendingMemory
@@ -206,6 +206,7 @@ class FrameStep:
 
 
 RECOMPILE_LIMIT = 64  # shapes of one compiled step function (frame sizes x slot counts x groups)
+MAX_RELEASED_GRAPHS = 2  # sets of CUDA graphs kept from sessions that are gone (one per live session is typical)
 
 
 def compiler_problem(device: torch.device) -> str | None:
@@ -230,6 +231,7 @@ class CompiledFunctions:
     compiling is off (``disabled``: None while it works) and the shapes ``InferenceSession.warm_up`` rehearsed."""
 
     def __init__(self, net: VOSNetwork, device: torch.device, backend: str = "inductor"):
+        self._net = weakref.ref(net)  # held weakly: the network owns its shared functions, not the other way round
         self.backend = backend
         self.disabled: str | None = None
         if net.memory.fixed_slots is None:
@@ -248,6 +250,30 @@ class CompiledFunctions:
             setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
         self.functions: dict[str, Callable] = {}
         self.warmed: set = set()  # (inference size, autocast dtype, flip, groups) InferenceSession.warm_up ran
+        self.released: list[SessionGraphs] = []  # CUDA graphs of sessions that are gone, for the next ones
+
+    def take_graphs(self, capture) -> SessionGraphs:
+        """CUDA graphs for a session: those of a session that is gone (recorded for the same shapes, typically by
+        ``InferenceSession.warm_up``'s rehearsal), or new ones."""
+        while True:
+            try:
+                graphs = self.released.pop()  # atomic: two sessions starting in two threads never share graphs
+            except IndexError:
+                return SessionGraphs(capture)
+            if graphs.capture is capture:  # (another kind, a test's stand-in, is dropped)
+                graphs.hand_over()
+                return graphs
+
+    def release(self, graphs: SessionGraphs) -> None:
+        if len(self.released) < MAX_RELEASED_GRAPHS:  # more would only hold GPU memory
+            self.released.append(graphs)
+
+    # the pure functions that get compiled (methods of this shared object: no session's step is kept alive)
+    def segment(self, inputs, states, layout, encoder):
+        return segment(self._net(), inputs, states, layout, encoder)
+
+    def write(self, readout, slot_tokens, short_term, size):
+        return self._net().memory.write(MemoryState(readout, slot_tokens), short_term, size).readout
 
     def get(self, name: str, fn: Callable) -> Callable:
         """``fn`` compiled (once), without torch.compile's own CUDA graphs: a session records its own."""
@@ -283,24 +309,33 @@ class CompiledFrameStep(FrameStep):
         return cls(net, device, functions=per_net[key])
 
     def __init__(self, net: VOSNetwork, device: torch.device, backend: str = "inductor",
-                 functions: CompiledFunctions | None = None, graphs: SessionGraphs | None = None):
+                 functions: CompiledFunctions | None = None, capture: Capture | None = None):
         super().__init__(net)
         self._net = weakref.ref(net)  # held weakly: the network owns its shared functions, not the other way round
         self.device = device
         self.compiled = functions if functions is not None else CompiledFunctions(net, device, backend)
-        if graphs is None and device.type == "cuda" and self.compiled.backend == "inductor":
-            graphs = SessionGraphs()
-        self.graphs = graphs
+        if capture is None and device.type == "cuda" and self.compiled.backend == "inductor":
+            capture = capture_cuda
+        self.capture = capture  # how CUDA graphs are recorded (None: none are; tests pass a CPU stand-in)
+        self._graphs: SessionGraphs | None = None
 
     @property
     def net(self) -> VOSNetwork:
         return self._net()
 
+    @property
+    def graphs(self) -> SessionGraphs | None:
+        """This session's CUDA graphs, taken at the first compiled call (after ``warm_up``'s rehearsal has given
+        its graphs back) and given back when the step (its session) is gone."""
+        if self._graphs is None and self.capture is not None:
+            self._graphs = self.compiled.take_graphs(self.capture)
+            weakref.finalize(self, self.compiled.release, self._graphs)
+        return self._graphs
+
     def for_another_session(self) -> "CompiledFrameStep":
         """A step for another session (``InferenceSession.warm_up``'s rehearsal): the same compiled functions,
         graphs of its own recorded the same way."""
-        graphs = SessionGraphs(self.graphs.capture) if self.graphs is not None else None
-        return CompiledFrameStep(self.net, self.device, functions=self.compiled, graphs=graphs)
+        return CompiledFrameStep(self.net, self.device, functions=self.compiled, capture=self.capture)
 
     @property
     def disabled(self) -> str | None:
@@ -312,14 +347,7 @@ class CompiledFrameStep(FrameStep):
 
     @property
     def cudagraphs(self) -> bool:
-        return self.graphs is not None
-
-    # ------------------------------------------------------------------ pure functions that get compiled
-    def _segment_fn(self, inputs, states, layout, encoder):
-        return segment(self.net, inputs, states, layout, encoder)
-
-    def _write_fn(self, readout, slot_tokens, short_term, size):
-        return self.net.memory.write(MemoryState(readout, slot_tokens), short_term, size).readout
+        return self.capture is not None
 
     # the memory each function replaces (in its arguments) and its new value (in its outputs), in the same order:
     # what the session's CUDA graphs update in place
@@ -365,12 +393,13 @@ class CompiledFrameStep(FrameStep):
         if self._eager() or not (slots == {fixed} or (self.cudagraphs and slots <= {1, fixed})):
             return super().segment(inputs, states, layout)
         # the folded encoder is looked up outside the compiled region (it is rebuilt if the weights change)
-        return self._run("segment", self._segment_fn, inputs, states, layout, self.net.inference_encoder())
+        return self._run("segment", self.compiled.segment, inputs, states, layout, self.net.inference_encoder())
 
     def write(self, long_term, short_term, size):
         if self._eager() or long_term.num_slots != self.net.memory.fixed_slots:
             return super().write(long_term, short_term, size)
-        readout = self._run("write", self._write_fn, long_term.readout, long_term.slot_tokens, short_term, size)
+        readout = self._run("write", self.compiled.write, long_term.readout, long_term.slot_tokens, short_term,
+                            size)
         return MemoryState(readout, long_term.slot_tokens)
 
 
