@@ -197,6 +197,29 @@ def test_graphs_give_each_memory_its_own_graph_and_copy_a_changed_input_again():
     assert torch.equal(total_a, torch.full((3,), 10.0)) and torch.equal(a, torch.full((3,), 6.0))
 
 
+def test_graphs_handed_over_serve_the_next_memory_and_unused_ones_are_dropped():
+    """Graphs handed to the next session take its memory instead of recording again; a graph that no session
+    has used for STALE_AFTER sessions (a frame size gone, an encoder replaced) is dropped with its buffers."""
+    from mavos.inference.graphs import STALE_AFTER
+
+    graphs = SessionGraphs(rerun_capture)
+
+    def advance(x, state):
+        return graphs.run("step", lambda x, s: (x.sum() + s, s + x), (x, state), lambda a: [a[1]],
+                          lambda out: [out[1]])
+
+    small, large = advance(torch.ones(2), torch.zeros(2))[1], advance(torch.ones(3), torch.zeros(3))[1]
+    assert len(graphs.recorded) == 2 and torch.equal(small, torch.ones(2)) and torch.equal(large, torch.ones(3))
+    for session in range(STALE_AFTER + 1):  # later sessions use the 2-wide graph only
+        graphs.hand_over()
+        state = torch.full((2,), 10.0 * session)
+        for _ in range(2):
+            _, state = advance(torch.ones(2), state)
+        assert torch.equal(state, torch.full((2,), 10.0 * session + 2))  # its own memory, not the last session's
+    assert len(graphs.recorded) == 1  # the 3-wide graph dropped, the 2-wide one never recorded again
+    assert [tuple(b.shape) for b in graphs.buffers.values()] == [(2,), (2,)]  # its input and its memory
+
+
 def test_sessions_interleaved_keep_their_own_memory(net, video, eager):
     """Two videos stepped in turns, each session with its own graphs over the same compiled functions: each
     equals its video segmented alone (the graphs' buffers are one session's memory, never another's)."""

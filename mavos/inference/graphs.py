@@ -41,6 +41,9 @@ def capture_cuda(body: Callable[[], Any], pool, written: list) -> tuple[Any, Cal
     return out, graph.replay
 
 
+STALE_AFTER = 8  # sessions after which a graph none of them used is dropped
+
+
 def _signature(leaf) -> Any:
     if isinstance(leaf, torch.Tensor):
         return (tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.device)
@@ -117,10 +120,17 @@ class SessionGraphs:
         return graph.results()
 
     def hand_over(self) -> None:
-        """The session that owned these graphs is gone: their memory buffers are free for the next one."""
+        """The session that owned these graphs is gone: their memory buffers are free for the next one. Graphs
+        no session used in the last ``STALE_AFTER`` are dropped (another frame size, or a folded encoder that
+        training's weight updates replaced: kept, they would only hold GPU memory)."""
         self.generation += 1
         self.sources.clear()
         self.holders.clear()
+        self.recorded = {k: g for k, g in self.recorded.items() if g.generation >= self.generation - STALE_AFTER}
+        live = {id(t): t for g in self.recorded.values() for t in g.static if isinstance(t, torch.Tensor)}
+        self.buffers = {k: b for k, b in self.buffers.items() if k in live}
+        shapes = {shape for shape, _ in self.recorded}
+        self.positions = {shape: p for shape, p in self.positions.items() if shape in shapes}
 
     def _unowned(self, shape: tuple) -> _Recorded | None:
         """A graph of ``shape`` that the current session has not used, none of whose memory buffers its other
