@@ -127,7 +127,7 @@ class SessionGraphs:
         self.sources.clear()
         self.holders.clear()
         self.recorded = {k: g for k, g in self.recorded.items() if g.generation >= self.generation - STALE_AFTER}
-        live = {id(t): t for g in self.recorded.values() for t in g.static if isinstance(t, torch.Tensor)}
+        live = {id(t) for g in self.recorded.values() for t in g.static if isinstance(t, torch.Tensor)}
         self.buffers = {k: b for k, b in self.buffers.items() if k in live}
         shapes = {shape for shape, _ in self.recorded}
         self.positions = {shape: p for shape, p in self.positions.items() if shape in shapes}
@@ -181,14 +181,14 @@ class SessionGraphs:
         static: list = list(leaves)
         used: dict[int, int] = {}  # buffer id -> the position using it
         # memory positions first: each gets a buffer of its own (a graph writes it, so no other input may share it)
-        others = [i for i in range(len(leaves)) if i not in set(target_positions)]
-        for i in target_positions + others:
+        targets = set(target_positions)
+        for i in target_positions + [i for i in range(len(leaves)) if i not in targets]:
             x = leaves[i]
             if not isinstance(x, torch.Tensor):
                 continue
             buffer = self._existing_buffer(x)
             shared = buffer is not None and id(buffer) in used
-            if buffer is None or (shared and (i in target_positions or used[id(buffer)] in target_positions)):
+            if buffer is None or (shared and (i in targets or used[id(buffer)] in targets)):
                 buffer = self._new_buffer(x)
             used[id(buffer)] = i
             static[i] = buffer

@@ -367,6 +367,8 @@ class CompiledFrameStep(FrameStep):
     def _write_updates(out) -> list:
         return [t for layer in out for t in layer]
 
+    _MEMORY = {"segment": (_segment_memory, _segment_updates), "write": (_write_memory, _write_updates)}
+
     # ------------------------------------------------------------------ dispatch
     def _run(self, name: str, fn: Callable, *args):
         if self.disabled:
@@ -374,9 +376,7 @@ class CompiledFrameStep(FrameStep):
         try:
             compiled = self.compiled.get(name, fn)
             if self.graphs is not None:
-                memory, updates = ((self._segment_memory, self._segment_updates) if name == "segment"
-                                   else (self._write_memory, self._write_updates))
-                return self.graphs.run(name, compiled, args, memory, updates)
+                return self.graphs.run(name, compiled, args, *self._MEMORY[name])
             return compiled(*args)
         except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
             self.compiled.disabled = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
