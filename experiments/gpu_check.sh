@@ -7,8 +7,8 @@
 #    eager/compiled, as many runs as fit in SUITE_SECONDS, default 3600);
 # 3. evaluate.py on the embedded benchmark (random weights: speeds, not scores) at the quick start's size and at
 #    480p, under torchrun (NCCL), and with the compiled step in bf16 (model FPS beside end-to-end FPS);
-# 4. last, experiments/gpu_probe.sh, its parts main and eval (and swinb where COMPARE_WITH is set): the open
-#    questions of issue 11 (an inductor setting for the 5x5s against the defaults in bf16 with its kernel
+# 4. last, experiments/gpu_probe.sh, its parts fp32, main and eval (and swinb where COMPARE_WITH is set): the
+#    open questions of issue 11 (the session's own CUDA graphs handed from session to session; an inductor setting for the 5x5s against the defaults in bf16 with its kernel
 #    profile, strict fp32, TF32; evaluation's model time against the benchmark's at the same size; Swin-B beside
 #    an older checkout).
 # Each step has its own time limit and the next one runs whatever happened; logs land in OUT_DIR.
@@ -50,7 +50,8 @@ tail -n 30 "$OUT_DIR/suite/gpu_table.md" | tee -a "$OUT_DIR/check.log"
   step "evaluate.py, compiled step, bf16, 480p"
   timeout 150 $PY evaluate.py ckpt_path="$CKPT" results_dir="$WORK/eval_compiled" session.compile=true \
     session.amp=bf16 session.max_short_edge=null resume=false 2>&1 | summary
-  step "open questions (experiments/gpu_probe.sh main, eval, then swinb where COMPARE_WITH is set)"
+  step "open questions (experiments/gpu_probe.sh fp32, main, eval, then swinb where COMPARE_WITH is set)"
+  bash experiments/gpu_probe.sh "$OUT_DIR/probe" fp32
   bash experiments/gpu_probe.sh "$OUT_DIR/probe" main
   bash experiments/gpu_probe.sh "$OUT_DIR/probe" eval
   [ -n "${COMPARE_WITH:-}" ] && bash experiments/gpu_probe.sh "$OUT_DIR/probe" swinb

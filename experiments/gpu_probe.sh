@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # The open questions of issue 11 on one CUDA GPU, in calls of under 10 minutes each (most wanted first):
-#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [graphs|main|swinb|eval]
+#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [fp32|graphs|main|swinb|eval]
+# fp32 (~8 minutes at most; the default): the CUDA tests of the session's own graphs (the compiled step equals
+#   eager in float32; graphs recorded by warm_up's rehearsal serve the video after it and the next session's
+#   video, which record none), then MobileNetV2's compiled step in strict fp32 (TF32 off) at 480p over 1000 frames
+#   (150 FPS? 133 on 2026-11-26 with torch.compile's own CUDA graphs; bf16 took 0.86x the time on the session's
+#   own graphs since), given the time its compiling takes (over 120 s).
 # graphs (~9 minutes at most, COMPARE_WITH a checkout of 1704b70: torch.compile's own CUDA graphs): the
 #   session's own CUDA graphs with the memory updated in place (mavos/inference/graphs.py), MobileNetV2 compiled
 #   bf16 at 480p over 1000 frames beside COMPARE_WITH in one process, with the kernel profile (300 FPS?), after
@@ -23,12 +28,12 @@
 # with --max-seconds (it then prints the summary of the frames timed so far) and has a `timeout` as the
 # backstop. Logs land in OUT_DIR/probe_PART.log, per-frame curves in OUT_DIR/runs.
 set -u
-OUT_DIR=${1:?usage: bash experiments/gpu_probe.sh OUT_DIR [graphs|main|swinb|eval]}
-PART=${2:-main}
+OUT_DIR=${1:?usage: bash experiments/gpu_probe.sh OUT_DIR [fp32|graphs|main|swinb|eval]}
+PART=${2:-fp32}
 PY=${PYTHON:-python3}
 WORK=${TMPDIR:-/tmp}/mavos_gpu_probe
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled PYTHONWARNINGS=ignore
-case "$PART" in graphs|main|swinb|eval) ;; *) echo "gpu_probe.sh: PART must be graphs, main, swinb or eval, not '$PART'" >&2; exit 2;; esac
+case "$PART" in fp32|graphs|main|swinb|eval) ;; *) echo "gpu_probe.sh: PART must be fp32, graphs, main, swinb or eval, not '$PART'" >&2; exit 2;; esac
 if { [ "$PART" = swinb ] || [ "$PART" = graphs ]; } && [ -z "${COMPARE_WITH:-}" ]; then
   echo "gpu_probe.sh $PART: set COMPARE_WITH to an older checkout (see the header)" >&2; exit 2
 fi
@@ -41,7 +46,13 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
   step "environment ($PART)"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-  if [ "$PART" = graphs ]; then
+  if [ "$PART" = fp32 ]; then
+    step "CUDA tests: the session's own CUDA graphs, compiled equals eager and handed from session to session"
+    timeout 220 $PY -m pytest -q -s -p no:cacheprovider -p no:logging tests/test_cuda.py \
+      -k "compiled_step or session_to_session" 2>&1 | grep -E "^E |passed|failed|vs eager|Error" | head -n 30
+    step "MobileNetV2 compiled strict fp32 (TF32 off) 480p, 1000 frames"
+    timeout 270 $SB --model mavos_mbv2 --precision fp32 --max-seconds 250 --profile 10 2>&1 | keep | head -n 40
+  elif [ "$PART" = graphs ]; then
     step "CUDA tests: the compiled step on its own CUDA graphs equals eager (float32)"
     timeout 150 $PY -m pytest -q -s -p no:cacheprovider -p no:logging tests/test_cuda.py -k compiled_step 2>&1 \
       | grep -E "^E |passed|failed|compiled vs eager|Error" | head -n 30

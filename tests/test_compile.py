@@ -220,6 +220,54 @@ def test_graphs_handed_over_serve_the_next_memory_and_unused_ones_are_dropped():
     assert [tuple(b.shape) for b in graphs.buffers.values()] == [(2,), (2,)]  # its input and its memory
 
 
+def test_graphs_of_a_session_under_inference_mode_do_not_serve_one_outside_it():
+    """Buffers made under ``torch.inference_mode`` cannot be written outside it: the next session, under
+    ``no_grad`` only, records graphs of its own instead of failing (which would turn compiling off for good)."""
+    graphs = SessionGraphs(rerun_capture)
+
+    def advance(x, state):
+        return graphs.run("step", lambda x, s: (x.sum() + s, s + x), (x, state), lambda a: [a[1]],
+                          lambda out: [out[1]])
+
+    with torch.inference_mode():
+        state = torch.zeros(2)
+        for _ in range(2):
+            state = advance(torch.ones(2), state)[1]
+    graphs.hand_over()
+    with torch.no_grad():
+        state = torch.full((2,), 5.0)
+        for _ in range(2):
+            state = advance(torch.ones(2), state)[1]
+    assert torch.equal(state, torch.full((2,), 7.0)) and len(graphs.recorded) == 2
+
+
+def test_objects_entering_mid_video_record_no_graph_after_warm_up(net, monkeypatch):
+    """A frame that adds objects makes every group's memory anew (a reference): the graphs that held the old
+    memory take the new one (copied in) instead of new graphs being recorded inside the timed video."""
+    size = 33
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(14)]
+    first, later = np.zeros((size, size), np.int64), np.zeros((size, size), np.int64)
+    first[5:15, 5:15], later[20:30, 20:30] = 1, 2
+
+    def run(session):
+        session.add_objects(frames[0], first)
+        return [session.step(f, later if t == 7 else None).clone() for t, f in enumerate(frames[1:], start=1)]
+
+    eager = run(InferenceSession(net, long_term_gap=GAP))
+    recorded = []
+    record = SessionGraphs._record
+    monkeypatch.setattr(SessionGraphs, "_record", lambda self, *a: recorded.append(a[0]) or record(self, *a))
+    session = InferenceSession(net, long_term_gap=GAP, compile=True)
+    step = session.step_functions = graphed_step(net)
+    session.warm_up((size, size), (1, 2))
+    rehearsed = len(recorded)
+    out = run(session)
+    assert rehearsed == 3 and len(recorded) == rehearsed  # nothing recorded during the video
+    assert step.disabled is None and [p.shape[0] for p in out] == [2] * 6 + [3] * 7
+    assert max((a - b).abs().max() for a, b in zip(out, eager)) < 1e-4
+
+
 def test_sessions_interleaved_keep_their_own_memory(net, video, eager):
     """Two videos stepped in turns, each session with its own graphs over the same compiled functions: each
     equals its video segmented alone (the graphs' buffers are one session's memory, never another's)."""

@@ -82,6 +82,45 @@ def test_compiled_step_on_cuda_equals_eager():
     assert diff < 1e-4, diff
 
 
+def test_cuda_graphs_pass_from_session_to_session(monkeypatch):
+    """``warm_up``'s rehearsal records the session's CUDA graphs (one per memory shape, the write's per object
+    group); the video after it and a second video in a new session record none, their memory copied into the
+    graphs handed over, and both equal eager (float32) frame for frame."""
+    import gc
+
+    from mavos.inference.graphs import SessionGraphs
+
+    recorded = []
+    record = SessionGraphs._record
+    monkeypatch.setattr(SessionGraphs, "_record", lambda self, *a: recorded.append(a[0]) or record(self, *a))
+    net = seeded_weights(build_network("mavos_mbv2")).eval().cuda()
+    h, w = SIZES["mavos_mbv2"]
+    videos = [video(h, w, seed=4), video(h, w, seed=5)]
+    eager = [run(net, "cuda", *v) for v in videos]
+    assert not recorded  # eager records nothing
+
+    def compiled(frames, mask, warm: bool) -> torch.Tensor:
+        session = InferenceSession(net, long_term_gap=GAP, device="cuda", compile=True)
+        if warm:
+            session.warm_up((h, w), 2)
+            assert len(recorded) == 3, recorded  # reference alone, full memory, the write
+        session.add_objects(torch.from_numpy(frames[0]).cuda(), mask)
+        with torch.inference_mode():
+            out = torch.stack([session.step(torch.from_numpy(f).cuda()).float().cpu() for f in frames[1:]])
+        assert session.step_functions.disabled is None  # no fallback to eager
+        return out
+
+    first = compiled(*videos[0], warm=True)
+    gc.collect()  # the first session's graphs go back to the pool when it is collected
+    second = compiled(*videos[1], warm=False)
+    assert len(recorded) == 3, recorded  # neither video recorded a graph
+    for out, ref in zip((first, second), eager):
+        diff = (out - ref).abs().max().item()
+        print(f"compiled on handed-over CUDA graphs vs eager: max probability difference {diff:.2e}")
+        assert diff < 1e-4, diff
+    assert not torch.equal(first, second)  # two videos, two results: no memory leaked from one into the other
+
+
 def test_step_makes_no_host_synchronisation_on_cuda():
     """CUDA's sync detector raises on any device-to-host wait (``.item()``, boolean indexing, ``nonzero``...)
     over regular frames and memory writes."""

@@ -240,6 +240,71 @@ def test_a_mask_of_another_size_mid_video_names_file_and_frame(davis, net, tmp_p
     assert "two/00003.png" in str(err.value) and "frame 3" in str(err.value)
 
 
+def test_a_frame_of_another_size_mid_video_names_both_files(davis, net, tmp_path):
+    import shutil
+
+    root = tmp_path / "davis"
+    shutil.copytree(davis, root)
+    write_frame(root / "JPEGImages/480p/one/00004.jpg", np.zeros((H // 2, W, 3), np.uint8))
+    record = DavisReader(root, split="val").videos()[0]
+    with pytest.raises(DatasetError) as err:
+        segment_video(net, record, protocol="davis", progress=False)
+    message = str(err.value)
+    assert message.startswith(str(root / "JPEGImages/480p/one/00004.jpg")), message
+    assert f"is {W}x{H // 2} (WxH)" in message and f"one/00000.jpg) is {W}x{H}" in message
+
+
+def test_speeds_count_every_decoded_frame_and_leave_out_other_devices():
+    """End-to-end FPS is the video's frames over its wall time (frames before the first annotated one are
+    decoded and written too); a video a resumed run took from a run on another device is not this run's speed."""
+    from mavos.evaluation.evaluator import VideoResult
+    from mavos.evaluation.run import speed_value
+
+    cpu = torch.device("cpu")
+    late = VideoResult("late", frames=5, model_seconds=2.0, wall_seconds=5.0, peak_memory_mb=1.0, video_frames=10,
+                       device="cpu")
+    assert late.fps == 2.0 and late.wall_fps == 2.0  # 4 timed frames in 2 s; 10 decoded frames in 5 s
+    legacy = VideoResult("legacy", frames=6, model_seconds=1.0, wall_seconds=2.0, peak_memory_mb=1.0)
+    assert legacy.wall_fps == 3.0  # saved before video_frames existed: its model frames
+    gpu = VideoResult("gpu", frames=101, model_seconds=0.5, wall_seconds=1.0, peak_memory_mb=1.0, video_frames=101,
+                      device="cuda (NVIDIA H100 80GB HBM3)")
+    results = [late, legacy, gpu]
+    assert speed_value(results, "model", cpu) == pytest.approx(9 / 3.0)   # (4 + 5) frames in (2 + 1) s
+    assert speed_value(results, "wall", cpu) == pytest.approx(16 / 7.0)   # (10 + 6) frames in (5 + 2) s
+    summary = speed_summary(results, cpu)
+    assert "model 3.00 FPS" in summary and "end-to-end 2.29 FPS" in summary
+    assert summary.endswith("; 1 video(s) timed by an earlier run on cuda (NVIDIA H100 80GB HBM3) left out")
+    assert speed_value([gpu], "model", cpu) is None
+
+
+def test_frames_finished_by_several_writers_give_the_same_files_and_scores(davis, net, tmp_path, monkeypatch):
+    """Where the machine has cores to spare, several writer processes finish frames side by side (two jobs of
+    1 s each take ~1 s); the PNGs and the scores are those of one writer."""
+    import mavos.evaluation.evaluator as evaluator
+    import mavos.evaluation.finishing as finishing
+
+    record = DavisReader(davis, split="val").videos()[1]
+    plan = plan_for_record(record, "ltv")  # every frame scored
+    one = segment_video(net, record, plan=plan, results_dir=tmp_path / "one", progress=False)
+    finishing.reset_writer_pool()
+    monkeypatch.setattr(finishing, "WRITERS", 2)
+    monkeypatch.setattr(evaluator, "WRITERS", 2)
+    try:
+        started = time.perf_counter()
+        jobs = [finishing.writer_pool().submit(time.sleep, 1.0) for _ in range(2)]
+        [job.result() for job in jobs]
+        assert time.perf_counter() - started < 1.9
+        two = segment_video(net, record, plan=plan, results_dir=tmp_path / "two", progress=False)
+    finally:
+        finishing.reset_writer_pool()
+    for a, b in zip(one.scorer.rows()[0] + one.scorer.rows()[1], two.scorer.rows()[0] + two.scorer.rows()[1]):
+        np.testing.assert_array_equal(a, b)
+    assert two.scorer.filled == len(plan.frames)
+    for name in record.frame_names:
+        np.testing.assert_array_equal(read_mask(tmp_path / "two" / record.name / f"{name}.png"),
+                                      read_mask(tmp_path / "one" / record.name / f"{name}.png"))
+
+
 # ---------------------------------------------------------------- the writer process
 
 def test_a_frame_scored_in_the_writer_process_names_its_ground_truth_when_sizes_differ(tmp_path):
@@ -268,19 +333,22 @@ def test_the_writer_process_imports_no_torch_and_leaves_with_a_killed_parent(tmp
     from tests.conftest import ROOT
 
     script = ("import os, sys, time\n"
-              "from mavos.evaluation.finishing import writer_pool\n"
+              "import mavos.evaluation.finishing as finishing\n"
               "assert 'torch' not in sys.modules, 'finishing imported torch'\n"
-              "print(writer_pool().submit(os.getpid).result(), flush=True)\n"
+              "finishing.WRITERS = 2\n"  # every worker leaves, not just the first
+              "pids = [finishing.writer_pool().submit(time.sleep, 0.5) for _ in range(2)]\n"
+              "[f.result() for f in pids]\n"
+              "print(' '.join(str(p) for p in finishing.writer_pool()._processes), flush=True)\n"
               "time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
-        worker = int(proc.stdout.readline())
-        assert worker != proc.pid and running(worker)
+        workers = [int(pid) for pid in proc.stdout.readline().split()]
+        assert len(workers) == 2 and proc.pid not in workers and all(running(w) for w in workers)
         proc.send_signal(signal.SIGKILL)  # not reaped yet: a zombie still answers os.kill(pid, 0)
         deadline = time.monotonic() + 15
-        while running(worker) and time.monotonic() < deadline:
+        while any(running(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not running(worker), f"writer process {worker} outlived its killed parent"
+        assert not any(running(w) for w in workers), f"writer processes {workers} outlived their killed parent"
         assert proc.stdout.read() == ""  # EOF: nothing the parent started holds its stdout any more
     finally:
         proc.kill()

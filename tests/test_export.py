@@ -20,8 +20,14 @@ SIZE, FRAMES, GAP = 65, 30, 3
 
 @pytest.fixture(scope="module")
 def net():
+    """Seeded weights, with the decoder's output biases raised for objects 1 and 2 (by about the gap between
+    their mean logits and the background's): random weights alone predict background everywhere after frame 0,
+    and every memory write would then store an empty mask. With them, every frame predicts both objects."""
     torch.manual_seed(0)
-    return seeded_weights(build_network("mavos_mbv2"))
+    net = seeded_weights(build_network("mavos_mbv2"))
+    with torch.no_grad():
+        net.decoder.conv_out.bias[1:3] += torch.tensor([4.0, 2.5])
+    return net
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +46,26 @@ def video():
     return frames, mask
 
 
-def pytorch_reference(net, frames, mask):
-    """The same video through ObjectTracker: each frame memorised with its own upsampled argmax."""
+def pytorch_reference(net, frames, mask, memorised=None):
+    """The same video through ObjectTracker: each frame memorised with its own upsampled argmax, or with
+    ``memorised[t]`` where given (the exported step's own prediction, so that a pixel whose two best logits tie
+    to within float rounding cannot send the two memories apart). Also each frame's margin: per pixel, the best
+    upsampled logit of the objects present minus the second best."""
     tracker = ObjectTracker(net, [2], long_term_gap=GAP)
-    logits, masks = [], [torch.from_numpy(mask)]
+    logits, masks, margins = [], [torch.from_numpy(mask)], [None]
     with torch.no_grad():
         logits.append(tracker.reference(net.encode(torch.from_numpy(frames[0])), one_hot_mask(masks[0], 10)))
         for t in range(1, len(frames)):
             out = tracker.propagate(net.encode(torch.from_numpy(frames[t])))
-            label = F.interpolate(out, size=(SIZE, SIZE), mode="bilinear", align_corners=True).argmax(1)
-            tracker.memorize(one_hot_mask(label, 10))
+            up = F.interpolate(out, size=(SIZE, SIZE), mode="bilinear", align_corners=True)
+            label = up.argmax(1)
+            top2 = up[:, :3].topk(2, dim=1).values
+            tracker.memorize(one_hot_mask(label if memorised is None else torch.from_numpy(memorised[t]), 10))
             logits.append(out)
             masks.append(label)
+            margins.append((top2[:, 0] - top2[:, 1]).numpy())
     assert tracker.memory.num_slots == 2
-    return [x.numpy() for x in logits], [m.numpy() for m in masks]
+    return [x.numpy() for x in logits], [m.numpy() for m in masks], margins
 
 
 def test_onnx_step_matches_pytorch_over_30_frames(net, checkpoint, tmp_path, capsys):
@@ -82,17 +94,32 @@ def test_onnx_step_matches_pytorch_over_30_frames(net, checkpoint, tmp_path, cap
         logits.append(result["logits"])
         masks.append(result["mask"])
     assert state["memory_fused"][0] == 1.0
-    want_logits, want_masks = pytorch_reference(net, frames, mask)
+    want_logits, want_masks, margins = pytorch_reference(net, frames, mask, memorised=masks)
+    assert all(set(np.unique(m).tolist()) == {0, 1, 2} for m in want_masks)  # the masks memorised hold objects
     for got, want in zip(logits, want_logits):
         assert np.abs(got[:, :3] - want[:, :3]).max() < 1e-4
         assert np.all(got[:, 3:] < -1e9)  # identities without objects
-    assert all(np.array_equal(a, b) for a, b in zip(masks, want_masks))
+    # the step's own masks are PyTorch's argmax, but where two logits tie to within the 1e-4 asked above
+    ties = 0
+    for t in range(1, FRAMES):
+        differ = masks[t] != want_masks[t]
+        assert np.all(margins[t][differ] < 1e-4), t
+        ties += int(differ.sum())
+    assert ties <= 0.001 * FRAMES * SIZE * SIZE, ties
 
 
-def test_torch_export_program_runs(net, tmp_path):
+def test_torch_export_program_runs_and_leaves_the_network_as_it_was(net, tmp_path):
     from mavos.export import export_steps
 
-    manifest = export_steps(net, (SIZE, SIZE), tmp_path, format="torch_export", long_term_gap=GAP)
+    before, mode = {k: v.clone() for k, v in net.state_dict().items()}, net.training
+    net.train()  # as in the middle of training
+    try:
+        manifest = export_steps(net, (SIZE, SIZE), tmp_path, format="torch_export", long_term_gap=GAP)
+        assert net.training and all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    finally:
+        net.train(mode)
+    side = (SIZE - 1) // 4 + 1  # the stride-4 map of a 16k+1 input
+    assert manifest["logits"].startswith(f"float32 (1, 1 + max_objects, {side}, {side})")
     programs = {name: torch.export.load(str(tmp_path / g["file"])).module() for name, g in manifest["graphs"].items()}
     frames, mask = video()
     frames = torch.from_numpy(frames)
@@ -106,7 +133,7 @@ def test_torch_export_program_runs(net, tmp_path):
         if t % GAP == 0:
             state[0:6], state[12] = out[8:14], out[14]
         logits.append(out[0])
-    want, _ = pytorch_reference(net, frames[:4].numpy(), mask)
+    want = pytorch_reference(net, frames[:4].numpy(), mask)[0]
     for got, w in zip(logits, want):
         assert np.abs(got.numpy()[:, :3] - w[:, :3]).max() < 1e-4
 
@@ -141,13 +168,16 @@ def test_growing_memory_export_is_refused(checkpoint, tmp_path):
         check_exportable(fifo, (65, 65))
 
 
-@pytest.mark.parametrize("model,size,nearest", [("mavos_mbv2", (480, 854), ["465x849", "481x865"]),
-                                                ("mavos_swinb", (481, 849), ["480x848", "496x864"])])
+@pytest.mark.parametrize("model,size,nearest", [
+    ("mavos_mbv2", (480, 854), "465x849, 465x865, 481x849, 481x865"),
+    ("mavos_mbv2", (481, 850), "481x849, 481x865"),   # a valid side is kept as it is
+    ("mavos_mbv2", (480, 481), "465x481, 481x481"),
+    ("mavos_swinb", (481, 849), "480x848, 480x864, 496x848, 496x864")])
 def test_invalid_size_is_refused_naming_the_nearest(model, size, nearest):
     net = build_network(model)
     with pytest.raises(ExportError) as err:
         check_exportable(net, size)
-    assert all(s in str(err.value) for s in nearest)
+    assert str(err.value).endswith(f"nearest valid sizes: {nearest}")
 
 
 def test_cli_reports_bad_requests(checkpoint, tmp_path, capsys):
@@ -155,11 +185,15 @@ def test_cli_reports_bad_requests(checkpoint, tmp_path, capsys):
     assert "16k+1" in capsys.readouterr().err
     assert export_main([f"ckpt_path={checkpoint}", "format=tflite", "size=65x65"]) == 2
     assert export_main(["size=65x65"]) == 2
+    assert export_main([f"ckpt_path={checkpoint}", "size", "65x65"]) == 2  # not key=value: this command's usage
+    err = capsys.readouterr().err
+    assert "expected key=value, got 'size'" in err and "python -m mavos.export" in err
     assert export_main([f"ckpt_path={tmp_path / 'missing.ckpt'}", "size=65x65"]) == 1
     assert "does not exist" in capsys.readouterr().err
     # bad numbers and an output path that is a file: one line each, no traceback, nothing exported
     for option, said in (("gap=abc", "gap='abc': expected a whole number"), ("gap=0", "gap=0: must be at least 1"),
-                         ("opset=x", "opset='x': expected a whole number")):
+                         ("opset=x", "opset='x': expected a whole number"),
+                         ("opset=17", "opset=17: the ONNX export (torch's dynamo exporter) writes opset 18")):
         assert export_main([f"ckpt_path={checkpoint}", "size=65x65", f"out={tmp_path / 'o'}", option]) == 1
         assert said in capsys.readouterr().err
     taken = tmp_path / "a_file"

@@ -98,11 +98,12 @@ def convert_checkpoint_file(src: str | Path, dst: str | Path, model: str,
 
 
 def parse_options(items: list[str]) -> dict[str, str]:
+    """``key=value`` arguments as a dict; ValueError naming the first argument that is not one."""
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"expected key=value, got {item!r}\n{usage()}")
+            raise ValueError(f"expected key=value, got {item!r}")
         options[key.lstrip("-")] = value
     return options
 
@@ -127,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(), file=sys.stderr)
         return 2
     src, dst = argv[1], argv[2]
-    options = parse_options(argv[3:])
+    try:
+        options = parse_options(argv[3:])
+    except ValueError as e:
+        print(f"{e}\n{usage()}", file=sys.stderr)
+        return 2
     unknown = set(options) - {"model", "unsafe_load"}
     if "model" not in options or unknown:
         print(f"{'unknown options ' + str(sorted(unknown)) if unknown else 'model= is required'}\n{usage()}",

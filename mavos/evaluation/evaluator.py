@@ -7,10 +7,11 @@ the training loop's validation calls it for the val subset (no files), so a J&F 
 from evaluate.py are the same number.
 
 It is a pipeline, so the model is the only thing on the critical path: a thread decodes frames ahead into a
-bounded queue, and a writer process (``finishing``; a process, so that it never holds the model loop's GIL)
-writes PNGs and scores frames behind the model, fed by a thread that waits for each frame's ids. The timed
-region is the model alone (CUDA events on a GPU, as the paper times it; frame 0 excluded); the wall time of
-the whole video is kept beside it, so model FPS and end-to-end FPS can both be reported.
+bounded queue, and writer processes (``finishing``; processes, so that they never hold the model loop's GIL)
+write PNGs and score frames behind the model, several frames at once, fed by threads that wait for each frame's
+ids. The timed region is the model alone (CUDA events on a GPU, as the paper times it; frame 0 excluded; the
+frame's upload to the GPU is enqueued before it starts); the wall time of the whole video is kept beside it, so
+model FPS and end-to-end FPS can both be reported.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from tqdm import tqdm
 
 from mavos.data.io import read_any_mask, read_frame
 from mavos.data.records import DatasetError, VideoRecord
-from mavos.evaluation.finishing import FrameJob, finish_frame, reset_writer_pool, writer_pool
+from mavos.evaluation.finishing import WRITERS, FrameJob, finish_frame, reset_writer_pool, writer_pool
 from mavos.inference.session import InferenceSession
 from mavos.metrics.protocols import ScorePlan, VideoScorer, ground_truth_path, plan_for_record, read_ground_truth
 from mavos.model.vos import VOSNetwork
@@ -53,14 +54,28 @@ class VideoResult:
     peak_memory_mb: float
     scorer: VideoScorer | None = None
     warmup_seconds: float = 0.0  # of wall_seconds: compiling the step for this size (session.compile; else 0)
+    video_frames: int = 0    # frames of the video the pipeline decoded (and wrote), before the first annotated too
+    device: str = ""         # where it ran (``device_name``): speeds of a resumed run on another device differ
 
     @property
     def fps(self) -> float:
         return (self.frames - 1) / self.model_seconds if self.model_seconds > 0 else float("nan")
 
     @property
+    def decoded(self) -> int:
+        """The frames inside ``wall_seconds`` (results saved before ``video_frames`` existed: ``frames``)."""
+        return self.video_frames or self.frames
+
+    @property
     def wall_fps(self) -> float:
-        return self.frames / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+        return self.decoded / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+
+
+def device_name(device: torch.device) -> str:
+    """The device a speed was measured on, as a report names it: the GPU's model on CUDA."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -175,7 +190,7 @@ def label_to_host(label: torch.Tensor) -> Callable[[], np.ndarray]:
         return lambda: array
     host = torch.empty(ids.shape, dtype=torch.uint8, pin_memory=True)
     host.copy_(ids, non_blocking=True)
-    copied = torch.cuda.Event()
+    copied = torch.cuda.Event(blocking=True)  # its waiter sleeps instead of spinning a core the loop needs
     copied.record()
 
     def wait() -> np.ndarray:
@@ -225,27 +240,40 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
     scoring = {} if scorer is None else {"user_masks": bool(record.meta.get("user_masks")),
                                          "binarize": plan.binarize, "bound_th": scorer.bound_th}
 
-    def finish(index: int, host_label: Callable[[], np.ndarray]) -> None:  # runs on the background thread
+    def finish(index: int, host_label: Callable[[], np.ndarray]) -> tuple[int, list | None]:  # on a finish thread
         scored = scorer is not None and scorer.wants(index)
         png = Path(results_dir) / record.name / f"{record.frame_names[index]}.png" \
             if write is not None and index in write else None
         if png is None and not scored:
-            return
+            return index, None
         truth = dict(truth=str(ground_truth_path(record, index)), entries=tuple(plan.frames[index]),
                      **scoring) if scored else {}
         job = FrameJob(index, host_label(), png=None if png is None else str(png), video=record.name, **truth)
         try:
-            scores = writer.submit(finish_frame, job).result()  # in the writer process; waiting releases the GIL
+            scores = writer.submit(finish_frame, job).result()  # in a writer process; waiting releases the GIL
         except BrokenProcessPool:  # its worker died (killed, out of memory): this video fails, the next gets a new one
             reset_writer_pool()
             raise
-        if scored:
+        return index, scores if scored else None
+
+    def collect(future: Future) -> None:
+        """A finished frame's scores, recorded on the loop's thread (the scorer is not shared between threads)."""
+        index, scores = future.result()  # raises the frame's write / scoring error here
+        if scores is not None:
             scorer.record(index, scores)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"finish-{record.name}") as pool:
+    first_frame = None  # (index, (H, W)): every later frame must have its size
+    with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix=f"finish-{record.name}") as pool:
         try:
             for _ in range(len(record)):
                 i, frame = prefetch.get()
+                if first_frame is None:
+                    first_frame = i, frame.shape[:2]
+                elif frame.shape[:2] != first_frame[1]:
+                    (h, w), (h0, w0) = frame.shape[:2], first_frame[1]
+                    raise DatasetError(f"{record.frames[i]}: frame {i} of '{record.name}' is {w}x{h} (WxH) but "
+                                       f"frame {first_frame[0]} ({record.frames[first_frame[0]]}) is {w0}x{h0}: "
+                                       f"every frame of a video must have one size")
                 if i < start or (not seen and i not in record.annotations):
                     label = label_to_host(torch.zeros(frame.shape[:2], dtype=torch.uint8))
                 else:
@@ -265,8 +293,9 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
                         warmup_seconds = time.perf_counter() - warming
                         session.add_objects(on_device(frame), new)
                     else:
+                        frame_in = on_device(frame)  # pinning and the upload's launch are not model time
                         t0 = timer.start()
-                        session.step(on_device(frame), new)
+                        session.step(frame_in, new)
                         timer.stop(t0)
                         timed += 1
                     if new is not None:
@@ -276,10 +305,10 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
                     frame_hook(i, frame, label())
                 pending.append(pool.submit(finish, i, label))
                 while len(pending) > PENDING_WRITES or (pending and pending[0].done()):
-                    pending.pop(0).result()  # surfaces a write / scoring error at once
+                    collect(pending.pop(0))  # surfaces a write / scoring error at once
                 bar.update(1)
-            for future in pending:
-                future.result()
+            while pending:
+                collect(pending.pop(0))
         finally:
             prefetch.close()
             bar.close()
@@ -287,7 +316,7 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
                 future.cancel()
     model_seconds = timer.total()
     return VideoResult(record.name, timed + 1, model_seconds, time.perf_counter() - wall_start,
-                       peak_memory_mb(device), scorer, warmup_seconds)
+                       peak_memory_mb(device), scorer, warmup_seconds, len(record), device_name(device))
 
 
 def copy_first_frame_scores(record: VideoRecord, plan: ScorePlan) -> VideoScorer:

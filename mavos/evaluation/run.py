@@ -28,7 +28,8 @@ from mavos.checkpoints.loading import (build_checkpoint_network, load_state, net
                                        resolve_network_config)
 from mavos.data.io import atomic_save, read_frame, read_mask
 from mavos.data.records import DatasetError, VideoRecord, select_videos
-from mavos.evaluation.evaluator import VideoResult, copy_first_frame_scores, result_frames, segment_video
+from mavos.evaluation.evaluator import (VideoResult, copy_first_frame_scores, device_name, result_frames,
+                                       segment_video)
 from mavos.metrics.jf import JFMetric
 from mavos.metrics.protocols import (PROTOCOLS, ScorePlan, VideoScorer, plan_for_record, score_saved_video,
                                      write_protocol_csvs)
@@ -163,7 +164,8 @@ def progress_path(results_dir: Path, video: str) -> Path:
 def save_progress(results_dir: Path, result: VideoResult, fingerprint: str) -> None:
     record = {"fingerprint": fingerprint, "video": result.video, "frames": result.frames,
               "model_seconds": result.model_seconds, "wall_seconds": result.wall_seconds,
-              "peak_memory_mb": result.peak_memory_mb, "warmup_seconds": result.warmup_seconds}
+              "peak_memory_mb": result.peak_memory_mb, "warmup_seconds": result.warmup_seconds,
+              "video_frames": result.video_frames, "device": result.device}
     if result.scorer is not None:
         j, f = result.scorer.rows()
         record["scores"] = {"objects": result.scorer.plan.objects, "j": [r.tolist() for r in j],
@@ -193,7 +195,8 @@ def load_progress(results_dir: Path, record: VideoRecord, plan: ScorePlan | None
         for obj, j, f in zip(plan.objects, scores["j"], scores["f"]):
             scorer.j[obj], scorer.f[obj] = np.asarray(j, np.float64), np.asarray(f, np.float64)
     return VideoResult(record.name, int(done["frames"]), float(done["model_seconds"]), float(done["wall_seconds"]),
-                       float(done["peak_memory_mb"]), scorer, float(done.get("warmup_seconds", 0.0)))
+                       float(done["peak_memory_mb"]), scorer, float(done.get("warmup_seconds", 0.0)),
+                       int(done.get("video_frames", 0)), str(done.get("device", "")))
 
 
 # ---------------------------------------------------------------- reports
@@ -201,17 +204,26 @@ def load_progress(results_dir: Path, record: VideoRecord, plan: ScorePlan | None
 def write_speed_csv(path: Path, results: list[VideoResult]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["Sequence", "Frames", "FPS", "Seconds", "WallFPS", "WallSeconds", "PeakMemoryMB"])
+    w.writerow(["Sequence", "Frames", "FPS", "Seconds", "WallFPS", "WallSeconds", "PeakMemoryMB", "Device"])
     for r in results:
         w.writerow([r.video, r.frames, f"{r.fps:.3f}", f"{r.model_seconds:.3f}", f"{r.wall_fps:.3f}",
-                    f"{r.wall_seconds:.3f}", f"{r.peak_memory_mb:.1f}"])
+                    f"{r.wall_seconds:.3f}", f"{r.peak_memory_mb:.1f}", r.device])
     atomic_save(lambda tmp: Path(tmp).write_text(buf.getvalue()), path)
 
 
+def timed_on(results: list[VideoResult], device: torch.device) -> tuple[list[VideoResult], list[VideoResult]]:
+    """The results timed on ``device`` (the GPU's model, whatever its index), and those a resumed run took from
+    a run on another device: their speeds are not this run's."""
+    here = device_name(device)
+    elsewhere = [r for r in results if r.device and r.device != here]
+    return [r for r in results if not r.device or r.device == here], elsewhere
+
+
 def speed_summary(results: list[VideoResult], device: torch.device) -> str:
+    results, elsewhere = timed_on(results, device)
     frames = sum(r.frames - 1 for r in results)
     seconds = sum(r.model_seconds for r in results)
-    wall_frames, wall = sum(r.frames for r in results), sum(r.wall_seconds for r in results)
+    wall_frames, wall = sum(r.decoded for r in results), sum(r.wall_seconds for r in results)
     fps = frames / seconds if seconds > 0 else float("nan")
     wall_fps = wall_frames / wall if wall > 0 else float("nan")
     peak = max((r.peak_memory_mb for r in results), default=float("nan"))
@@ -222,19 +234,24 @@ def speed_summary(results: list[VideoResult], device: torch.device) -> str:
         rest = wall - warmup
         compiling = (f", of which {warmup:.1f} s compiling the step (once per frame size; without it "
                      f"{wall_frames / rest if rest > 0 else float('nan'):.2f} FPS)")
+    others = ""
+    if elsewhere:
+        names = ", ".join(sorted({r.device for r in elsewhere}))
+        others = f"; {len(elsewhere)} video(s) timed by an earlier run on {names} left out"
     return (f"speed: model {fps:.2f} FPS ({1000 / fps if fps > 0 else float('nan'):.1f} ms/frame, frame 0 excluded, "
             f"over {frames} frames); end-to-end {wall_fps:.2f} FPS ({wall:.1f} s wall, decoding, writing and "
-            f"scoring included{compiling}) on {device}; peak memory {peak:.0f} MB ({kind})")
+            f"scoring included{compiling}) on {device_name(device)}; peak memory {peak:.0f} MB ({kind}){others}")
 
 
-def speed_value(results: list[VideoResult], kind: str) -> float | None:
-    """Model FPS (frame 0 excluded) or end-to-end FPS over all videos."""
+def speed_value(results: list[VideoResult], kind: str, device: torch.device) -> float | None:
+    """Model FPS (frame 0 excluded) or end-to-end FPS over the videos timed on ``device``."""
+    results = timed_on(results, device)[0]
     if not results:
         return None
     if kind == "model":
         frames, seconds = sum(r.frames - 1 for r in results), sum(r.model_seconds for r in results)
     else:
-        frames, seconds = sum(r.frames for r in results), sum(r.wall_seconds for r in results)
+        frames, seconds = sum(r.decoded for r in results), sum(r.wall_seconds for r in results)
     return frames / seconds if seconds > 0 else None
 
 
@@ -381,8 +398,9 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
         text = format_summary(summary, speed_summary(results, device) if results else None)
         print(text, flush=True)
         atomic_save(lambda tmp: Path(tmp).write_text(text + "\n"), results_dir / f"summary-{split}.txt")
-        machine = {"scores": summary, "videos": len(all_records), "device": str(device),
-                   "model_fps": speed_value(results, "model"), "end_to_end_fps": speed_value(results, "wall")}
+        machine = {"scores": summary, "videos": len(all_records), "device": device_name(device),
+                   "model_fps": speed_value(results, "model", device),
+                   "end_to_end_fps": speed_value(results, "wall", device)}
         atomic_save(lambda tmp: Path(tmp).write_text(json.dumps(json_safe(machine), indent=2) + "\n"),
                     results_dir / f"summary-{split}.json")
     ranks.barrier()

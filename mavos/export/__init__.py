@@ -21,6 +21,7 @@ from mavos.model.vos import VOSNetwork
 
 FORMATS = ("onnx", "torch_export")
 MANIFEST = "mavos_export.json"
+MIN_OPSET = 18  # the oldest opset torch's dynamo exporter writes (asked for less, it would write 18 anyway)
 
 
 class ExportError(ValueError):
@@ -43,8 +44,10 @@ def check_exportable(net: VOSNetwork, size: tuple[int, int]) -> None:
     bad = [side for side in size if side < multiple + offset or (side - offset) % multiple]
     if bad:
         def near(side: int) -> list[int]:
+            if side not in bad:  # already valid: itself
+                return [side]
             k = max(1, (side - offset) // multiple)
-            return sorted({max(multiple + offset, k * multiple + offset), (k + 1) * multiple + offset})
+            return sorted({k * multiple + offset, (k + 1) * multiple + offset})
         h_options, w_options = near(size[0]), near(size[1])
         options = ", ".join(f"{h}x{w}" for h in h_options for w in w_options)
         rule = f"{multiple}k+{offset}" if offset else f"{multiple}k"
@@ -67,10 +70,14 @@ def example_inputs(net: VOSNetwork, size: tuple[int, int], batch: int = 1):
 
 
 def export_steps(net: VOSNetwork, size: tuple[int, int], out_dir: str | Path, format: str = "onnx",
-                 long_term_gap: int | None = None, opset: int = 18) -> dict:
-    """Write the three graphs and the manifest to ``out_dir``; returns the manifest."""
+                 long_term_gap: int | None = None, opset: int = MIN_OPSET) -> dict:
+    """Write the three graphs and the manifest to ``out_dir``; returns the manifest. ``net`` itself is left as
+    it was (the export works on a folded CPU copy of it)."""
     if format not in FORMATS:
         raise ExportError(f"format={format!r}: choose one of {', '.join(FORMATS)}")
+    if format == "onnx" and opset < MIN_OPSET:
+        raise ExportError(f"opset={opset}: the ONNX export (torch's dynamo exporter) writes opset {MIN_OPSET} or "
+                          f"later; give opset={MIN_OPSET} or more")
     if format == "onnx":
         import importlib.util
 
@@ -80,7 +87,7 @@ def export_steps(net: VOSNetwork, size: tuple[int, int], out_dir: str | Path, fo
                               f"'mavos[export]' (or format=torch_export, which needs nothing more)")
     size = (int(size[0]), int(size[1]))
     check_exportable(net, size)
-    net = inference_network(net.cpu())
+    net = inference_network(net)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
@@ -99,6 +106,8 @@ def export_steps(net: VOSNetwork, size: tuple[int, int], out_dir: str | Path, fo
                         "next_memory_fused"]),
     }
     ref_args, step_args = example_inputs(net, size)
+    with torch.no_grad():
+        ref_logits_size = tuple(graphs["reference"][0](*ref_args)[0].shape[-2:])
     files = {}
     for name, (module, inputs, outputs) in graphs.items():
         module.eval()
@@ -115,15 +124,17 @@ def export_steps(net: VOSNetwork, size: tuple[int, int], out_dir: str | Path, fo
                 atomic_save(lambda tmp: torch.export.save(program, tmp), path)
         files[name] = {"file": path.name, "inputs": inputs, "outputs": outputs}
     gap = int(net.memory.test_gap if long_term_gap is None else long_term_gap)
+    logits_h, logits_w = ref_logits_size
     manifest = {
         "format": format, "size": list(size), "max_objects": net.max_objects, "num_layers": layers,
         "long_term_gap": gap, "graphs": files,
         "schedule": (f"frame 0: reference(frame, mask, num_objects) gives the state. Frame t >= 1: step_write when "
                      f"t % {gap} == 0, else step; feed each graph's next_* outputs back as the state's inputs "
                      f"(step returns only the short-term state: keep the long-term one)."),
-        "frame": "float32 (B, 3, H, W) RGB in [0, 1] at exactly `size`",
-        "mask": "int64 (B, H, W) object ids, 0 = background; output mask = argmax of the logits upsampled",
-        "logits": "float32 (B, 1 + max_objects, H/4+1, W/4+1) (stride 4); ids above num_objects hold -1e10",
+        "frame": "float32 (1, 3, H, W) RGB in [0, 1] at exactly `size` (one video per call: batch 1)",
+        "mask": "int64 (1, H, W) object ids, 0 = background; output mask = argmax of the logits upsampled",
+        "logits": f"float32 (1, 1 + max_objects, {logits_h}, {logits_w}) (stride 4); ids above num_objects hold "
+                  f"-1e10",
     }
     atomic_save(lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)), out_dir / MANIFEST)
     return manifest

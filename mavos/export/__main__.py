@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mavos.checkpoints.__main__ import parse_options
 from mavos.checkpoints.loading import CheckpointError, load_network
-from mavos.export import FORMATS, ExportError, export_steps
+from mavos.export import FORMATS, MIN_OPSET, ExportError, export_steps
 
 OPTIONS = {"ckpt_path", "format", "size", "out", "model", "gap", "opset"}
 
@@ -46,7 +46,11 @@ def parse_count(options: dict, key: str, default: int | None) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    options = parse_options(argv)
+    try:
+        options = parse_options(argv)
+    except ValueError as e:
+        print(f"{e}\n{usage()}", file=sys.stderr)
+        return 2
     unknown = set(options) - OPTIONS
     missing = {"ckpt_path", "size"} - set(options)
     if unknown or missing:
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     out = options.get("out", "export")
     try:
         size = parse_size(options["size"])
-        gap, opset = parse_count(options, "gap", None), parse_count(options, "opset", 18)
+        gap, opset = parse_count(options, "gap", None), parse_count(options, "opset", MIN_OPSET)
         if Path(out).exists() and not Path(out).is_dir():
             raise ExportError(f"out={out}: a file is there; the export writes a folder")
         net = load_network(options["ckpt_path"], options.get("model"))

@@ -44,9 +44,10 @@ def state_names(num_layers: int, long_term: bool = True, short_term: bool = True
 
 
 def inference_network(net: VOSNetwork) -> VOSNetwork:
-    """A copy of ``net`` for export: eval mode, BatchNorm folded into the encoder's convolutions."""
-    out = copy.deepcopy(net).eval()
-    out.encoder = net.eval().inference_encoder()
+    """A copy of ``net`` for export: on the CPU, eval mode, BatchNorm folded into the encoder's convolutions;
+    ``net`` itself keeps its device and mode."""
+    out = copy.deepcopy(net).cpu().eval()
+    out.encoder = out.inference_encoder()  # the copy's own folded encoder (rebuilt for the CPU weights)
     out._folded_encoder = None
     for p in out.parameters():
         p.requires_grad_(False)

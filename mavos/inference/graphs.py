@@ -41,7 +41,7 @@ def capture_cuda(body: Callable[[], Any], pool, written: list) -> tuple[Any, Cal
     return out, graph.replay
 
 
-STALE_AFTER = 8  # sessions after which a graph none of them used is dropped
+STALE_AFTER = 8  # owners (sessions, or memories replaced mid-video) after which a graph none used is dropped
 
 
 def _signature(leaf) -> Any:
@@ -97,8 +97,10 @@ class SessionGraphs:
 
     def run(self, name: str, fn: Callable, args: tuple, targets: Callable, updates: Callable):
         leaves, spec = tree_flatten(args)
+        # inference mode too: buffers made under it cannot be written outside it (a session under
+        # torch.inference_mode handing its graphs to one that is not)
         shape = (name, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"),
-                 tuple(_signature(x) for x in leaves))
+                 torch.is_inference_mode_enabled(), tuple(_signature(x) for x in leaves))
         if shape not in self.positions:
             self.positions[shape] = list(targets(tree_unflatten(list(range(len(leaves))), spec)))
         # a graph per memory it updates: the same function serves several object groups (a write per group), and
@@ -119,13 +121,19 @@ class SessionGraphs:
             self._forget_source(buffer)  # it holds the graph's result now, a copy of nothing
         return graph.results()
 
+    def release_memory(self) -> None:
+        """The memory the buffers hold is nobody's any more: their graphs serve the next memory (copied in)
+        instead of new graphs being recorded. A session calls it when objects added mid-video made every group's
+        memory anew (a new reference), and ``hand_over`` when the session is gone."""
+        self.generation += 1
+        self.sources.clear()
+        self.holders.clear()
+
     def hand_over(self) -> None:
         """The session that owned these graphs is gone: their memory buffers are free for the next one. Graphs
         no session used in the last ``STALE_AFTER`` are dropped (another frame size, or a folded encoder that
         training's weight updates replaced: kept, they would only hold GPU memory)."""
-        self.generation += 1
-        self.sources.clear()
-        self.holders.clear()
+        self.release_memory()
         self.recorded = {k: g for k, g in self.recorded.items() if g.generation >= self.generation - STALE_AFTER}
         live = {id(t) for g in self.recorded.values() for t in g.static if isinstance(t, torch.Tensor)}
         self.buffers = {k: b for k, b in self.buffers.items() if k in live}

@@ -285,6 +285,7 @@ class InferenceSession:
                 label = torch.where(new > 0, new, label)
                 self.num_objects = len(self.object_ids)
                 self._reference(inputs, label, encoded)
+                self.step_functions.memory_replaced()  # the old memory's CUDA graphs serve the new one
                 return self._given_one_hot(label)
             probs, label, short_terms = self.step_functions.segment(inputs, states, layout)
             probs = probs[..., : self.num_objects + 1]

@@ -204,6 +204,9 @@ class FrameStep:
     def segment(self, inputs: torch.Tensor, states: list[list[GroupState]], layout: FrameLayout):
         return segment(self.net, inputs, states, layout)
 
+    def memory_replaced(self) -> None:
+        """The session made every group's memory anew (objects added mid-video); nothing to do eagerly."""
+
 
 RECOMPILE_LIMIT = 64  # shapes of one compiled step function (frame sizes x slot counts x groups)
 MAX_RELEASED_GRAPHS = 2  # sets of CUDA graphs kept from sessions that are gone (one per live session is typical)
@@ -318,6 +321,7 @@ class CompiledFrameStep(FrameStep):
             capture = capture_cuda
         self.capture = capture  # how CUDA graphs are recorded (None: none are; tests pass a CPU stand-in)
         self._graphs: SessionGraphs | None = None
+        self._encoder: torch.nn.Module | None = None  # the encoder this session's frames run (looked up once)
 
     @property
     def net(self) -> VOSNetwork:
@@ -378,6 +382,8 @@ class CompiledFrameStep(FrameStep):
             if self.graphs is not None:
                 return self.graphs.run(name, compiled, args, *self._MEMORY[name])
             return compiled(*args)
+        except torch.OutOfMemoryError:  # the GPU is full, not the compiler at fault: said as it is
+            raise
         except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
             self.compiled.disabled = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
             warnings.warn(f"session.compile: compiling failed, running eagerly from here on ({self.disabled})",
@@ -392,8 +398,15 @@ class CompiledFrameStep(FrameStep):
         slots = memory_slots(states)
         if self._eager() or not (slots == {fixed} or (self.cudagraphs and slots <= {1, fixed})):
             return super().segment(inputs, states, layout)
-        # the folded encoder is looked up outside the compiled region (it is rebuilt if the weights change)
-        return self._run("segment", self.compiled.segment, inputs, states, layout, self.net.inference_encoder())
+        # the folded encoder is looked up outside the compiled region, once per session (a video's weights do not
+        # change; checking its 260 tensors' versions took 0.17 ms a frame on this CPU's host)
+        if self._encoder is None:
+            self._encoder = self.net.inference_encoder()
+        return self._run("segment", self.compiled.segment, inputs, states, layout, self._encoder)
+
+    def memory_replaced(self) -> None:
+        if self._graphs is not None:
+            self._graphs.release_memory()
 
     def write(self, long_term, short_term, size):
         if self._eager() or long_term.num_slots != self.net.memory.fixed_slots:
