@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mavos.data.davis import DavisReader
-from mavos.data.io import read_mask, write_frame, write_mask
+from mavos.data.io import read_frame, read_mask, write_frame, write_mask
 from mavos.data.lvos import LVOSReader
 from mavos.data.records import DatasetError, select_videos, truncate_record
 from mavos.evaluation.evaluator import copy_first_frame_scores, segment_video
@@ -303,6 +303,38 @@ def test_frames_finished_by_several_writers_give_the_same_files_and_scores(davis
     for name in record.frame_names:
         np.testing.assert_array_equal(read_mask(tmp_path / "two" / record.name / f"{name}.png"),
                                       read_mask(tmp_path / "one" / record.name / f"{name}.png"))
+
+
+def test_frames_decoded_by_several_threads_come_in_order_and_a_bad_one_names_its_file(davis, net, tmp_path,
+                                                                                      monkeypatch):
+    """With several decoding threads the model still sees frame 0, 1, 2, ... (the masks written equal those of
+    one thread), and an unreadable frame stops the video when the model reaches it, naming the file."""
+    import shutil
+
+    import mavos.evaluation.evaluator as evaluator
+
+    record = DavisReader(davis, split="val").videos()[1]
+    plan = plan_for_record(record, "ltv")
+    one = segment_video(net, record, plan=plan, results_dir=tmp_path / "one", progress=False)
+    monkeypatch.setattr(evaluator, "DECODERS", 3)
+    seen = []
+    step = evaluator.InferenceSession.step
+    monkeypatch.setattr(evaluator.InferenceSession, "step", lambda self, frame, *a: seen.append(frame.copy()) or
+                        step(self, frame, *a))
+    three = segment_video(net, record, plan=plan, results_dir=tmp_path / "three", progress=False)
+    assert all(np.array_equal(f, read_frame(record.frames[t])) for t, f in enumerate(seen, start=1))
+    for name in record.frame_names:
+        np.testing.assert_array_equal(read_mask(tmp_path / "three" / record.name / f"{name}.png"),
+                                      read_mask(tmp_path / "one" / record.name / f"{name}.png"))
+    np.testing.assert_array_equal(one.scorer.rows()[0][0], three.scorer.rows()[0][0])
+    root = tmp_path / "davis"
+    shutil.copytree(davis, root)
+    (root / "JPEGImages/480p/two/00005.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    seen.clear()
+    with pytest.raises(DatasetError, match=r"two/00005\.jpg: cannot read image"):
+        segment_video(net, DavisReader(root, split="val").videos()[1], protocol="davis", progress=False)
+    assert len(seen) == 4  # frames 1-4 segmented, in order, before the bad frame 5
+    assert all(np.array_equal(f, read_frame(record.frames[t])) for t, f in enumerate(seen, start=1))
 
 
 # ---------------------------------------------------------------- the writer process

@@ -34,7 +34,7 @@ def read_frame(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError as e:
         raise DatasetError(f"{path}: frame image does not exist") from e
     except Exception as e:  # PIL raises several types for corrupt files

@@ -6,8 +6,8 @@ added mid-video, the memory's test gap, 16k+1 sizing, groups of objects) and sco
 the training loop's validation calls it for the val subset (no files), so a J&F in a dashboard and a J&F
 from evaluate.py are the same number.
 
-It is a pipeline, so the model is the only thing on the critical path: a thread decodes frames ahead into a
-bounded queue, and writer processes (``finishing``; processes, so that they never hold the model loop's GIL)
+It is a pipeline, so the model is the only thing on the critical path: threads decode frames ahead (a few
+frames in flight, taken in order), and writer processes (``finishing``; processes, so that they never hold the model loop's GIL)
 write PNGs and score frames behind the model, several frames at once, fed by threads that wait for each frame's
 ids. The timed region is the model alone (CUDA events on a GPU, as the paper times it; frame 0 excluded; the
 frame's upload to the GPU is enqueued before it starts); the wall time of the whole video is kept beside it, so
@@ -15,10 +15,9 @@ model FPS and end-to-end FPS can both be reported.
 """
 from __future__ import annotations
 
-import queue
 import resource
-import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -31,12 +30,15 @@ from tqdm import tqdm
 
 from mavos.data.io import read_any_mask, read_frame
 from mavos.data.records import DatasetError, VideoRecord
-from mavos.evaluation.finishing import WRITERS, FrameJob, finish_frame, reset_writer_pool, writer_pool
+from mavos.evaluation.finishing import WRITERS, FrameJob, finish_frame, reset_writer_pool, usable_cpus, writer_pool
 from mavos.inference.session import InferenceSession
 from mavos.metrics.protocols import ScorePlan, VideoScorer, ground_truth_path, plan_for_record, read_ground_truth
 from mavos.model.vos import VOSNetwork
 
 PREFETCH_FRAMES = 8      # frames decoded ahead of the model
+# decoding threads: one 480p JPEG takes 3-7 ms to decode here, about what a compiled GPU step takes, so one
+# thread could set the pace; PIL decodes without the GIL. One on a 2-core machine, up to 4 from 16 cores.
+DECODERS = max(1, min(4, usable_cpus() // 4))
 PENDING_WRITES = 16      # frames waiting to be written / scored before the model waits for them
 
 # (frame index, (H, W, 3) uint8 frame, (H, W) uint8 predicted ids) of a frame the hook asked for
@@ -115,38 +117,28 @@ def start_frame(record: VideoRecord) -> int:
 
 
 class _Prefetcher:
-    """Decode frames ahead of the model in a thread; errors surface (naming the file) when their frame is taken."""
+    """Decode frames ahead of the model in ``threads`` threads, ``depth`` frames in flight, handed out in order;
+    a frame's error (naming the file) is raised when that frame is taken."""
 
-    def __init__(self, record: VideoRecord, indices: range, depth: int = PREFETCH_FRAMES):
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(record, indices), daemon=True)
-        self.thread.start()
+    def __init__(self, record: VideoRecord, indices: range, depth: int = PREFETCH_FRAMES, threads: int | None = None):
+        self.record, self.indices = record, iter(indices)
+        self.pool = ThreadPoolExecutor(max_workers=threads or DECODERS, thread_name_prefix=f"decode-{record.name}")
+        self.pending: deque[tuple[int, Future]] = deque()
+        for _ in range(depth):
+            self._submit()
 
-    def _run(self, record: VideoRecord, indices: range) -> None:
-        for i in indices:
-            try:
-                item = (i, read_frame(record.frames[i]), None)
-            except Exception as e:  # handed to the consumer, which raises it in order
-                item = (i, None, e)
-            while not self.stop.is_set():
-                try:
-                    self.queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if self.stop.is_set() or item[2] is not None:
-                return
+    def _submit(self) -> None:
+        i = next(self.indices, None)
+        if i is not None:
+            self.pending.append((i, self.pool.submit(read_frame, self.record.frames[i])))
 
     def get(self) -> tuple[int, np.ndarray]:
-        i, frame, error = self.queue.get()
-        if error is not None:
-            raise error
-        return i, frame
+        i, future = self.pending.popleft()
+        self._submit()
+        return i, future.result()
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _ModelTimer:
