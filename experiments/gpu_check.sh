@@ -8,9 +8,9 @@
 # 3. evaluate.py on the embedded benchmark (random weights: speeds, not scores) at the quick start's size and at
 #    480p, under torchrun (NCCL), and with the compiled step in bf16 (model FPS beside end-to-end FPS);
 # 4. last, experiments/gpu_probe.sh, its parts fp32, main and eval (and swinb where COMPARE_WITH is set): the
-#    open questions of issue 11 (the session's own CUDA graphs handed from session to session; an inductor setting for the 5x5s against the defaults in bf16 with its kernel
-#    profile, strict fp32, TF32; evaluation's model time against the benchmark's at the same size; Swin-B beside
-#    an older checkout).
+#    open questions of issue 11 (the session's own CUDA graphs handed from session to session, strict fp32; an
+#    inductor setting for the 5x5s against the defaults in bf16 with its kernel profile; evaluation's model time
+#    against the benchmark's at the same size, and evaluation at 480p; Swin-B beside an older checkout).
 # Each step has its own time limit and the next one runs whatever happened; logs land in OUT_DIR.
 set -u
 OUT_DIR=${1:?usage: bash experiments/gpu_check.sh OUT_DIR [SUITE_SECONDS]}

@@ -20,9 +20,11 @@
 #   03990db, the three graphs a frame: `mkdir -p DIR && git archive 03990db mavos conf | tar -x -C DIR`): 7.2 ms
 #   a frame on 2026-11-27 against 6.1 for 03990db on 2026-11-26, on two machines; the same process says whether
 #   one graph a frame costs Swin-B time.
-# eval (~6 minutes at most): TF32 compiled; the compiled bf16 step at the embedded benchmark's size, then
-#   evaluate.py over that benchmark compiled in bf16 (frames written and scored in a separate process): its
-#   model time per frame against the benchmark's at the same size says what the evaluation loop costs.
+# eval (~8 minutes at most): the compiled bf16 step at the embedded benchmark's size, then evaluate.py over that
+#   benchmark compiled in bf16 (frames decoded by threads, written and scored by processes): its model time per
+#   frame against the benchmark's at the same size says what the evaluation loop costs; then evaluate.py at
+#   DAVIS's 480x854 (two synthetic 300-frame videos in the DAVIS layout): end-to-end against model FPS where a
+#   frame takes ~3 ms on the GPU and ~4-7 ms to decode and ~35 ms to write and score on one core.
 # Compiling happens inside each run's warm-up frames (133 s for MobileNetV2 in bf16 and 241 s for Swin-B on a
 # fresh H100 machine; later processes reuse inductor's on-disk caches), so every run bounds its whole frame loop
 # with --max-seconds (it then prints the summary of the frames timed so far) and has a `timeout` as the
@@ -70,8 +72,6 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
     timeout 530 $SB --model mavos_swinb --precision bf16 --max-seconds 510 --compare-with "$COMPARE_WITH" 2>&1 \
       | keep | head -n 8
   else
-    step "MobileNetV2 compiled TF32 480p"
-    timeout 130 $SB --model mavos_mbv2 --precision tf32 --max-seconds 115 2>&1 | keep | head -n 6
     step "MobileNetV2 compiled bf16 at the embedded benchmark's size (240x432)"
     timeout 100 $SB --model mavos_mbv2 --precision bf16 --max-seconds 85 --size 240x432 2>&1 | keep | head -n 6
     step "evaluate.py, compiled bf16, embedded benchmark (random weights: speeds, not scores)"
@@ -80,6 +80,12 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
     timeout 150 $PY evaluate.py ckpt_path="$CKPT" results_dir="$WORK/eval_compiled" session.compile=true \
       session.amp=bf16 session.max_short_edge=null resume=false 2>&1 | tr '\r' '\n' \
       | grep -E "speed:|model|compil|rror" | grep -v "%|" | tail -n 6
+    step "evaluate.py, compiled bf16, at DAVIS's 480x854: two synthetic 300-frame videos in the DAVIS layout"
+    $PY -c "from mavos.data.synthetic import ensure_synthetic_davis as make; make('$WORK/davis480', num_train=0,
+num_val=2, val_lengths=(300, 300), height=480, width=854)"
+    timeout 240 $PY evaluate.py ckpt_path="$CKPT" data=davis2017 data.root="$WORK/davis480" \
+      results_dir="$WORK/eval_480p" session.compile=true session.amp=bf16 session.max_short_edge=null resume=false \
+      2>&1 | tr '\r' '\n' | grep -E "speed:|model|compil|rror" | grep -v "%|" | tail -n 6
   fi
   step done
 } 2>&1 | tee "$OUT_DIR/probe_$PART.log"

@@ -69,6 +69,8 @@ def test_streaming_scores_equal_the_scores_of_the_written_pngs(davis, net, tmp_p
         for a, b in zip(result.scorer.rows()[0] + result.scorer.rows()[1], saved.rows()[0] + saved.rows()[1]):
             np.testing.assert_array_equal(a, b)
         assert result.frames == len(record) and result.model_seconds > 0
+        assert result.warmup_seconds == 0.0  # eager: no compiling to report apart
+        assert "compiling" not in speed_summary([result], torch.device("cpu"))
         assert sorted(p.stem for p in (tmp_path / record.name).glob("*.png")) == record.frame_names
     # DAVIS scores the objects of the first annotation: object 2 of 'two' (from frame 3) is neither given nor scored
     assert plan_for_record(records[1], "davis").objects == [1]

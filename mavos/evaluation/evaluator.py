@@ -282,7 +282,7 @@ def segment_video(net: VOSNetwork, record: VideoRecord, *, protocol: str = "davi
                         counts = (len([o for o, f in record.object_first_frame.items() if f <= i]),
                                   len(record.object_ids))  # objects now, and once all have entered
                         session.warm_up(frame.shape[:2], counts)  # compiling stays out of the model time
-                        warmup_seconds = time.perf_counter() - warming
+                        warmup_seconds = time.perf_counter() - warming if session.compile else 0.0
                         session.add_objects(on_device(frame), new)
                     else:
                         frame_in = on_device(frame)  # pinning and the upload's launch are not model time
