@@ -7,11 +7,11 @@ the training loop's validation calls it for the val subset (no files), so a J&F 
 from evaluate.py are the same number.
 
 It is a pipeline, so the model is the only thing on the critical path: threads decode frames ahead (a few
-frames in flight, taken in order), and writer processes (``finishing``; processes, so that they never hold the model loop's GIL)
-write PNGs and score frames behind the model, several frames at once, fed by threads that wait for each frame's
-ids. The timed region is the model alone (CUDA events on a GPU, as the paper times it; frame 0 excluded; the
-frame's upload to the GPU is enqueued before it starts); the wall time of the whole video is kept beside it, so
-model FPS and end-to-end FPS can both be reported.
+frames in flight, taken in order), and writer processes (``finishing``; processes, so that they never hold the
+model loop's GIL) write PNGs and score frames behind the model, several frames at once, fed by threads that wait
+for each frame's ids. The timed region is the model alone (CUDA events on a GPU, as the paper times it; frame 0
+excluded; the frame's upload to the GPU is enqueued before it starts); the wall time of the whole video is kept
+beside it, so model FPS and end-to-end FPS can both be reported.
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def check_exportable(net: VOSNetwork, size: tuple[int, int]) -> None:
 
 
 def example_inputs(net: VOSNetwork, size: tuple[int, int], batch: int = 1):
-    """Tensors of the right shapes for each graph (what the tracer runs on)."""
+    """Tensors of the right shapes for each graph (what the tracer runs on), and the logits' (h, w)."""
     h, w = size
     reference = ReferenceStep(net, size)
     frame = torch.rand(batch, 3, h, w)
@@ -66,7 +66,7 @@ def example_inputs(net: VOSNetwork, size: tuple[int, int], batch: int = 1):
     with torch.no_grad():
         ref_out = reference(frame, mask, num_objects)
     state = ref_out[1:]
-    return (frame, mask, num_objects), (frame, num_objects, *state)
+    return (frame, mask, num_objects), (frame, num_objects, *state), tuple(ref_out[0].shape[-2:])
 
 
 def export_steps(net: VOSNetwork, size: tuple[int, int], out_dir: str | Path, format: str = "onnx",
@@ -105,9 +105,7 @@ def export_steps(net: VOSNetwork, size: tuple[int, int], out_dir: str | Path, fo
                        ["logits", "mask", *[f"next_{n}" for n in short_names], *[f"next_{n}" for n in long_names],
                         "next_memory_fused"]),
     }
-    ref_args, step_args = example_inputs(net, size)
-    with torch.no_grad():
-        ref_logits_size = tuple(graphs["reference"][0](*ref_args)[0].shape[-2:])
+    ref_args, step_args, (logits_h, logits_w) = example_inputs(net, size)
     files = {}
     for name, (module, inputs, outputs) in graphs.items():
         module.eval()
@@ -124,7 +122,6 @@ def export_steps(net: VOSNetwork, size: tuple[int, int], out_dir: str | Path, fo
                 atomic_save(lambda tmp: torch.export.save(program, tmp), path)
         files[name] = {"file": path.name, "inputs": inputs, "outputs": outputs}
     gap = int(net.memory.test_gap if long_term_gap is None else long_term_gap)
-    logits_h, logits_w = ref_logits_size
     manifest = {
         "format": format, "size": list(size), "max_objects": net.max_objects, "num_layers": layers,
         "long_term_gap": gap, "graphs": files,
