@@ -339,6 +339,61 @@ def test_frames_decoded_by_several_threads_come_in_order_and_a_bad_one_names_its
     assert all(np.array_equal(f, read_frame(record.frames[t])) for t, f in enumerate(seen, start=1))
 
 
+def _mp4(path: Path, masks: list[np.ndarray], seed: int = 0) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, (W, H))
+    for t, m in enumerate(masks):
+        writer.write(cv2.cvtColor(frame_of(m, seed + t), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_a_video_file_is_segmented_from_its_decoded_frames_as_they_are(net, tmp_path, monkeypatch):
+    """``data=video``: the model sees the decoder's own pixels, frame 1, 2, ... in order (the first goes in with
+    its mask), as VideoPredictor and the demo do; not a re-encoded copy. The overlay keeps the file's frame rate."""
+    import mavos.evaluation.evaluator as evaluator
+    from mavos.data.video_file import VideoFileReader, read_video_frames
+    from mavos.evaluation.run import write_overlay_for
+
+    masks = [moving_square(t) for t in range(6)]
+    video = _mp4(tmp_path / "clip.mp4", masks)
+    write_mask(tmp_path / "first.png", masks[0])
+    (record,) = VideoFileReader(video, tmp_path / "first.png").videos()
+    decoded = list(read_video_frames(video))
+    seen = []
+    step = evaluator.InferenceSession.step
+    monkeypatch.setattr(evaluator.InferenceSession, "step", lambda self, frame, *a: seen.append(frame.copy()) or
+                        step(self, frame, *a))
+    result = segment_video(net, record, protocol="none", results_dir=tmp_path / "out", progress=False)
+    assert result.frames == 6 and len(seen) == 5
+    assert all(np.array_equal(f, decoded[t]) for t, f in enumerate(seen, start=1))
+    write_frame(tmp_path / "copy.jpg", decoded[1])   # what a JPEG frame cache would have fed it
+    assert not np.array_equal(read_frame(tmp_path / "copy.jpg"), seen[0])
+    assert sorted(p.stem for p in (tmp_path / "out" / "clip").glob("*.png")) == record.frame_names
+    write_overlay_for(record, tmp_path / "out")
+    overlay = read_video_frames(tmp_path / "out" / "clip_overlay.mp4")
+    assert overlay.count() == 6 and overlay.fps == pytest.approx(12.0)
+
+
+def test_an_edited_video_file_is_segmented_again(net, tmp_path):
+    """A resumed evaluation keys a video file by its size and modification time: the same name, frame count and
+    first mask, but other pixels, are not taken for the video already done."""
+    from mavos.data.video_file import VideoFileReader
+    from mavos.evaluation.run import video_fingerprint
+
+    masks = [moving_square(t) for t in range(5)]
+    write_mask(tmp_path / "first.png", masks[0])
+    (before,) = VideoFileReader(_mp4(tmp_path / "clip.mp4", masks), tmp_path / "first.png").videos()
+    assert video_fingerprint("run", before) == video_fingerprint(
+        "run", VideoFileReader(tmp_path / "clip.mp4", tmp_path / "first.png").videos()[0])
+    time.sleep(0.01)
+    (after,) = VideoFileReader(_mp4(tmp_path / "clip.mp4", masks, seed=50), tmp_path / "first.png").videos()
+    assert (after.frames, after.frame_names, after.annotations) == (before.frames, before.frame_names,
+                                                                     before.annotations)
+    assert video_fingerprint("run", after) != video_fingerprint("run", before)
+
+
 # ---------------------------------------------------------------- the writer process
 
 def test_a_frame_scored_in_the_writer_process_names_its_ground_truth_when_sizes_differ(tmp_path):

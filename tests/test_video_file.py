@@ -23,15 +23,7 @@ def _colour(i: int) -> tuple[int, int, int]:
 
 @pytest.fixture()
 def mp4(tmp_path) -> Path:
-    path = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (W, H))
-    assert writer.isOpened()
-    for i in range(N):
-        rgb = np.empty((H, W, 3), np.uint8)
-        rgb[:] = _colour(i)
-        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
+    return _write_mp4(tmp_path / "clip.mp4", N)
 
 
 def _check_frames(frames: list[np.ndarray]) -> None:
@@ -96,53 +88,84 @@ def test_unreadable_video_names_it(tmp_path, backend):
         read_video_frames(tmp_path / "missing.mp4")
 
 
-def test_video_file_reader_decodes_once_into_jpeg_cache(mp4, tmp_path, monkeypatch):
+def _write_mp4(path: Path, frames: int, shift: int = 0) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (W, H))
+    assert writer.isOpened()
+    for i in range(frames):
+        rgb = np.empty((H, W, 3), np.uint8)
+        rgb[:] = _colour(i + shift)
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+@pytest.mark.parametrize("backend", ["auto", "decord", "pyav"])
+def test_video_frames_say_how_many_and_how_fast(mp4, backend):
+    if backend == "decord":
+        pytest.importorskip("decord")
+    frames = read_video_frames(mp4, backend=backend)
+    assert frames.count() == N and frames.fps == pytest.approx(10.0)   # written at 10 fps above
+    assert len(list(frames)) == N
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav"])
+def test_video_file_reader_lists_the_file_and_writes_nothing(mp4, tmp_path, backend):
+    """The record reads the video itself: no frame is decoded to disk, and its frames, read in order, are the
+    decoder's own pixels (a JPEG copy, what a frame cache would hold, differs)."""
     mask = np.zeros((H, W), np.uint8)
     mask[5:20, 5:20] = 1
     mask[30:40, 40:60] = 3
     write_mask(tmp_path / "first.png", mask)
-    cache = tmp_path / "cache"
-    (video,) = VideoFileReader(mp4, tmp_path / "first.png", frame_dir=cache).videos()
-    assert video.name == "clip"
-    assert video.frames == [cache / f"{i:05d}.jpg" for i in range(N)]
-    assert video.frame_names[0] == "00000"
+    before = sorted(tmp_path.rglob("*"))
+    (video,) = VideoFileReader(mp4, tmp_path / "first.png", backend=backend).videos()
+    assert sorted(tmp_path.rglob("*")) == before
+    assert video.name == "clip" and video.video_file == mp4 and len(video) == N
+    assert video.frame_names == [f"{i:05d}" for i in range(N)]
     assert video.annotations == {0: tmp_path / "first.png"}
     assert video.object_first_frame == {1: 0, 3: 0}
-    _check_frames([read_frame(f) for f in video.frames])
-
-    def no_decoding(*args, **kwargs):
-        raise AssertionError("decoded again although the cache is complete")
-
-    monkeypatch.setattr(video_file, "read_video_frames", no_decoding)
-    (again,) = VideoFileReader(mp4, tmp_path / "first.png", frame_dir=cache).videos()
-    assert again.frames == video.frames
-    (cache / ".complete").unlink()  # an interrupted decode leaves no marker: decode again
-    with pytest.raises(AssertionError, match="decoded again"):
-        VideoFileReader(mp4, tmp_path / "first.png", frame_dir=cache).videos()
+    assert video.meta["fps"] == pytest.approx(10.0)
+    read = video_file.frame_reader(video)
+    frames = [read(i) for i in range(N)]
+    _check_frames(frames)
+    decoded = list(read_video_frames(mp4, backend=backend))
+    assert all(np.array_equal(a, b) for a, b in zip(frames, decoded))
+    write_frame(tmp_path / "copy.jpg", decoded[3])
+    assert not np.array_equal(read_frame(tmp_path / "copy.jpg"), decoded[3])
 
 
-def test_video_file_reader_default_cache_is_reused(mp4, tmp_path, monkeypatch):
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+def test_a_video_file_is_read_in_order_and_a_shortened_one_is_named(tmp_path):
+    _write_mp4(tmp_path / "clip.mp4", N)
     write_mask(tmp_path / "m.png", np.pad(np.ones((4, 4), np.uint8), ((0, H - 4), (0, W - 4))))
-    (a,) = VideoFileReader(mp4, tmp_path / "m.png").videos()
-    assert str(a.frames[0]).startswith(str(tmp_path / "tmp"))
-    (b,) = VideoFileReader(mp4, tmp_path / "m.png").videos()
-    assert a.frames == b.frames
+    (video,) = VideoFileReader(tmp_path / "clip.mp4", tmp_path / "m.png").videos()
+    read = video_file.frame_reader(video)
+    assert np.allclose(read(2).reshape(-1, 3).mean(0), _colour(2), atol=8)    # frames 0, 1 passed over
+    assert np.allclose(read(5).reshape(-1, 3).mean(0), _colour(5), atol=8)
+    with pytest.raises(ValueError, match=r"clip\.mp4: frame 3 asked for after frame 5"):
+        read(3)
+    _write_mp4(tmp_path / "clip.mp4", 5)   # cut to 5 frames after it was listed with 8
+    with pytest.raises(DatasetError, match=r"clip\.mp4: the video ends after 5 frames, but 8 were listed"):
+        video_file.frame_reader(video)(7)
+
+
+def test_a_video_file_is_not_a_training_video(mp4, tmp_path):
+    from mavos.data.clips import ClipConfig, ClipDataset
+
+    write_mask(tmp_path / "m.png", np.pad(np.ones((4, 4), np.uint8), ((0, H - 4), (0, W - 4))))
+    with pytest.raises(DatasetError, match=r"clip\.mp4: a video file is read in order.*data=frames"):
+        ClipDataset(VideoFileReader(mp4, tmp_path / "m.png").videos(), ClipConfig())
 
 
 def test_video_mask_of_another_size_names_both(mp4, tmp_path):
     write_mask(tmp_path / "small.png", np.ones((H // 2, W), np.uint8))
-    with pytest.raises(DatasetError, match=r"small\.png.*64x24.*00000\.jpg.*64x48"):
-        VideoFileReader(mp4, tmp_path / "small.png", frame_dir=tmp_path / "c").videos()
+    with pytest.raises(DatasetError, match=r"small\.png: mask is 64x24 \(WxH\) but the frames of .*clip\.mp4 are 64x48"):
+        VideoFileReader(mp4, tmp_path / "small.png").videos()
 
 
 def test_video_unreadable_names_it(tmp_path):
     (tmp_path / "bad.avi").write_bytes(b"\x00" * 1000)
     write_mask(tmp_path / "m.png", np.ones((H, W), np.uint8))
     with pytest.raises(DatasetError, match=r"bad\.avi"):
-        VideoFileReader(tmp_path / "bad.avi", tmp_path / "m.png", frame_dir=tmp_path / "c").videos()
+        VideoFileReader(tmp_path / "bad.avi", tmp_path / "m.png").videos()
 
 
 # ------------------------------------------------------------------------------- frame folders

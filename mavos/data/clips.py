@@ -182,6 +182,10 @@ class ClipDataset(Dataset):
                  name: str = "clips", max_tries: int = 10) -> None:
         if not videos:
             raise DatasetError(f"{name}: no videos to sample training clips from")
+        streamed = [v.video_file for v in videos if v.video_file is not None]
+        if streamed:
+            raise DatasetError(f"{streamed[0]}: a video file is read in order, but training samples clips of frames "
+                               f"at random; train on its frames as a folder (data=frames) instead")
         self.videos = [v for v in videos if v.annotations]
         if not self.videos:
             raise DatasetError(f"{name}: none of its videos has annotations")

@@ -19,7 +19,7 @@ class DatasetError(MavosError, RuntimeError):
 class VideoRecord:
     """One video of a benchmark.
 
-    frames: every frame image in temporal order.
+    frames: every frame image in temporal order (for a record of a video file, that file, once per frame).
     frame_names: the stems used for result files (``00000`` for ``00000.jpg``).
     annotations: frame index -> annotation PNG. Dense for DAVIS train/val, first-appearance only for
         YouTube-VOS valid and LVOS ``Annotations_convert``, sparse for Long-Time Video.
@@ -27,6 +27,7 @@ class VideoRecord:
     scored_frames: frame indices whose predictions the benchmark writes/scores (all frames when None).
     gt_annotations: frame index -> dense ground-truth PNG used for scoring (when it differs from
         ``annotations``; e.g. LVOS val scores on the dense ``Annotations``).
+    video_file: a video file whose decoded frames are the frames, read in order (``video_file.frame_reader``).
     """
 
     name: str
@@ -37,6 +38,7 @@ class VideoRecord:
     scored_frames: list[int] | None = None
     gt_annotations: dict[int, Path] | None = None
     meta: dict = field(default_factory=dict)
+    video_file: Path | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -59,7 +61,8 @@ def truncate_record(record: VideoRecord, max_frames: int | None) -> VideoRecord:
         name=record.name, frames=record.frames[:n], frame_names=record.frame_names[:n], annotations=annotations,
         object_first_frame={o: f for o, f in record.object_first_frame.items() if f < n},
         scored_frames=None if record.scored_frames is None else [i for i in record.scored_frames if i < n],
-        gt_annotations=keep(record.gt_annotations), meta={**record.meta, "truncated_from": len(record)})
+        gt_annotations=keep(record.gt_annotations), meta={**record.meta, "truncated_from": len(record)},
+        video_file=record.video_file)
 
 
 def select_videos(records: list[VideoRecord], videos=None, max_frames: int | None = None,

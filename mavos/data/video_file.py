@@ -5,40 +5,55 @@ frame-accurate), PyAV where decord is not installed or cannot read the file, and
 rotation (portrait phone videos): decord fails on 90 / 270 degrees (dmlc/decord#336), so those go through PyAV,
 which turns each frame the way a player shows it.
 
-Why a JPEG cache: a :class:`VideoRecord` lists frame *files* so every consumer (inference, writers,
-the evaluator) reads videos the same way. :class:`VideoFileReader` therefore decodes the video once
-into a folder of JPEG frames (quality 95) and reuses that folder on later runs. The folder is complete
-only when its ``.complete`` marker (written last, atomically) names the same source file, size and
-modification time, so an interrupted decode or an edited video is decoded again.
+A video file is read as it is, never re-encoded: :class:`VideoFileReader` lists it as a ``VideoRecord`` whose
+``video_file`` is set (its frame count, frame rate and first frame are read when it is listed), and consumers
+read a record's frames through :func:`frame_reader`, which decodes a video file in order, frame by frame, while
+the model runs. So ``evaluate.py data=video`` feeds the model the same pixels as ``VideoPredictor`` and the
+demo, writes nothing before the first frame is segmented, and keeps no copy of the frames on disk.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from mavos.data.io import atomic_save, is_binary_mask_file, read_user_mask, write_frame
+from mavos.data.io import is_binary_mask_file, read_frame, read_user_mask
 from mavos.data.listing import (
     first_appearances,
     FRAME_EXTENSIONS,
     MASK_EXTENSIONS,
     check_same_size,
+    image_size,
     index_by_stem,
     list_files,
 )
 from mavos.data.records import DatasetError, VideoRecord
 
-_MARKER = ".complete"
 log = logging.getLogger(__name__)
 
 
-def read_video_frames(path: str | Path, backend: str = "auto") -> Iterator[np.ndarray]:
-    """Open a video and return an iterator of its frames as (H, W, 3) uint8 RGB arrays.
+class VideoFrames:
+    """An opened video's frames in order, as (H, W, 3) uint8 RGB arrays (an iterator), with what the file says
+    about itself: ``fps``, its average frame rate (0.0 where the container does not say), and ``count()``, the
+    number of frames this iterator yields in all (decord's index; PyAV: a decoding pass, exact but not free)."""
+
+    def __init__(self, frames: Iterator[np.ndarray], fps: float, count: Callable[[], int]):
+        self._frames, self.fps, self._count = frames, fps, count
+
+    def __iter__(self) -> "VideoFrames":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._frames)
+
+    def count(self) -> int:
+        return self._count()
+
+
+def read_video_frames(path: str | Path, backend: str = "auto") -> VideoFrames:
+    """Open a video and return an iterator of its frames as (H, W, 3) uint8 RGB arrays (a :class:`VideoFrames`).
 
     backend: ``auto`` (decord, then PyAV when decord is missing or fails to read the file's first frames;
     PyAV for a file with a display rotation), ``decord`` or ``pyav``. Frames are upright as a player shows them
@@ -90,7 +105,7 @@ def _quarter_turns(frame) -> int:
     return int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
 
 
-def _decord_frames(path: Path, batch: int = 16) -> Iterator[np.ndarray]:
+def _decord_frames(path: Path, batch: int = 16) -> VideoFrames:
     import decord
 
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
@@ -110,16 +125,17 @@ def _decord_frames(path: Path, batch: int = 16) -> Iterator[np.ndarray]:
                 raise DatasetError(f"{path}: video decoding failed at frame {begin} ({e})") from e
             yield from (np.ascontiguousarray(f, dtype=np.uint8) for f in chunk)
 
-    return frames()
+    return VideoFrames(frames(), float(reader.get_avg_fps() or 0.0), lambda: len(reader))
 
 
-def _pyav_frames(path: Path) -> Iterator[np.ndarray]:
+def _pyav_frames(path: Path) -> VideoFrames:
     import av
 
     container = av.open(str(path))
     if not container.streams.video:
         container.close()
         raise ValueError("no video stream")
+    rate = container.streams.video[0].average_rate
 
     def frames() -> Iterator[np.ndarray]:
         try:
@@ -132,7 +148,50 @@ def _pyav_frames(path: Path) -> Iterator[np.ndarray]:
         finally:
             container.close()
 
-    return frames()
+    return VideoFrames(frames(), float(rate) if rate else 0.0, lambda: _pyav_count(path))
+
+
+def _pyav_count(path: Path) -> int:
+    """Frames PyAV decodes from the file (containers' own counts can be missing or off; decoding is exact)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return sum(1 for _ in container.decode(container.streams.video[0]))
+    except av.FFmpegError as e:
+        raise DatasetError(f"{path}: video decoding failed ({e})") from e
+
+
+class _FramesInOrder:
+    """Frame ``i`` of a video file, asked for in increasing order: one decoder from the first frame, passing
+    over frames nobody asks for (a video file has no cheap random access, and evaluation reads each frame once,
+    in order). Opened on the first call, so on the thread that reads."""
+
+    def __init__(self, path: Path, backend: str, frames: int):
+        self.path, self.backend, self.frames = path, backend, frames
+        self._decoded: VideoFrames | None = None
+        self._next = 0
+
+    def __call__(self, index: int) -> np.ndarray:
+        if index < self._next:
+            raise ValueError(f"{self.path}: frame {index} asked for after frame {self._next - 1}; a video file is "
+                             f"read in order")
+        if self._decoded is None:
+            self._decoded = read_video_frames(self.path, self.backend)
+        for frame in self._decoded:
+            self._next += 1
+            if self._next - 1 == index:
+                return frame
+        raise DatasetError(f"{self.path}: the video ends after {self._next} frames, but {self.frames} were listed "
+                           f"when it was opened (was it changed or truncated since?)")
+
+
+def frame_reader(record: VideoRecord) -> Callable[[int], np.ndarray]:
+    """How to read frame ``i`` of a record as (H, W, 3) uint8 RGB: its image file, or, for a record of a video
+    file, the decoder's next frames (then frames must be asked for in increasing order)."""
+    if record.video_file is not None:
+        return _FramesInOrder(Path(record.video_file), str(record.meta.get("video_backend", "auto")), len(record))
+    return lambda index: read_frame(record.frames[index])
 
 
 
@@ -145,85 +204,54 @@ def _note_binary(annotations: dict[int, Path]) -> None:
 
 
 class VideoFileReader:
-    """One video file with the mask of its first frame, as a single VideoRecord.
+    """One video file with the mask of its first frame, as a single VideoRecord that reads the file itself.
 
-    frame_dir: where the decoded JPEG frames are cached; default
-    ``<tmp>/mavos_video_frames/<name>-<hash of path, size, mtime>``, so re-runs reuse it.
+    Listing opens the file and reads its frame count, frame rate and first frame (to check the mask's size);
+    the frames are decoded while the model runs (:func:`frame_reader`). ``record.frames`` names the video file
+    for each frame; ``meta["source"]`` records its size and modification time, so an edited video is not taken
+    for the one a resumed evaluation already segmented.
     """
 
-    def __init__(
-        self,
-        video_path: str | Path,
-        mask_path: str | Path,
-        name: str | None = None,
-        frame_dir: str | Path | None = None,
-        backend: str = "auto",
-    ):
+    def __init__(self, video_path: str | Path, mask_path: str | Path, name: str | None = None,
+                 backend: str = "auto"):
         self.video_path = Path(video_path)
         self.mask_path = Path(mask_path)
         self.name = name or self.video_path.stem
-        self.frame_dir = Path(frame_dir) if frame_dir is not None else None
         self.backend = backend
-
-    def _source_stamp(self) -> dict:
-        stat = self.video_path.stat()
-        # "upright": frames are decoded turned by the display rotation (cache folders of older decodes are not reused)
-        return {"source": str(self.video_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "orientation": "upright"}
-
-    def _cache_dir(self, stamp: dict) -> Path:
-        if self.frame_dir is not None:
-            return self.frame_dir
-        digest = hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
-        return Path(tempfile.gettempdir()) / "mavos_video_frames" / f"{self.name}-{digest}"
-
-    def decode(self) -> list[Path]:
-        """Decode the video into the cache folder unless a complete decode of this file is there."""
-        if not self.video_path.is_file():
-            raise DatasetError(f"{self.video_path}: video file does not exist")
-        stamp = self._source_stamp()
-        folder = self._cache_dir(stamp)
-        marker = folder / _MARKER
-        if marker.is_file():
-            try:
-                done = json.loads(marker.read_text())
-            except ValueError:
-                done = {}
-            frames = [folder / f"{i:05d}.jpg" for i in range(int(done.get("frames", 0)))]
-            if {k: done.get(k) for k in stamp} == stamp and frames and all(f.is_file() for f in frames):
-                return frames
-        marker.unlink(missing_ok=True)
-        frames = []
-        for i, frame in enumerate(read_video_frames(self.video_path, self.backend)):
-            path = folder / f"{i:05d}.jpg"
-            write_frame(path, frame)
-            frames.append(path)
-        if not frames:
-            raise DatasetError(f"{self.video_path}: video has no frames")
-        text = json.dumps({**stamp, "frames": len(frames)})
-        atomic_save(lambda tmp: Path(tmp).write_text(text), marker)
-        return frames
 
     def videos(self) -> list[VideoRecord]:
         if not self.mask_path.is_file():
             raise DatasetError(f"{self.mask_path}: first-frame mask does not exist")
-        frames = self.decode()
-        check_same_size(self.mask_path, frames[0])
+        decoded = read_video_frames(self.video_path, self.backend)
+        first = next(decoded, None)
+        count = decoded.count() if first is not None else 0
+        if count == 0:
+            raise DatasetError(f"{self.video_path}: video has no frames")
+        (mh, mw), (fh, fw) = image_size(self.mask_path), first.shape[:2]
+        if (mh, mw) != (fh, fw):
+            raise DatasetError(f"{self.mask_path}: mask is {mw}x{mh} (WxH) but the frames of {self.video_path} are "
+                               f"{fw}x{fh}")
         annotations = {0: self.mask_path}
-        first = first_appearances(annotations, read=read_user_mask)
-        if not first:
+        first_seen = first_appearances(annotations, read=read_user_mask)
+        if not first_seen:
             raise DatasetError(f"{self.mask_path}: first-frame mask holds no object (all pixels are 0, or 255 in a "
                                f"palette PNG, where 255 means void)")
         _note_binary(annotations)
+        stat = self.video_path.stat()
+        meta = {"dataset": "video", "dense": False, "start_frame": 0, "user_masks": True,
+                "source": {"path": str(self.video_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+                "video_backend": self.backend}
+        if decoded.fps > 0:
+            meta["fps"] = decoded.fps
         return [
             VideoRecord(
                 name=self.name,
-                frames=frames,
-                frame_names=[f.stem for f in frames],
+                frames=[self.video_path] * count,
+                frame_names=[f"{i:05d}" for i in range(count)],
                 annotations=annotations,
-                object_first_frame=first,
-                meta={"dataset": "video", "dense": False, "start_frame": 0, "source": str(self.video_path),
-                      "user_masks": True},
+                object_first_frame=first_seen,
+                video_file=self.video_path,
+                meta=meta,
             )
         ]
 

@@ -53,18 +53,6 @@ class VideoSource:
         return f"**{self.name}**: {self.num_frames} frames, {self.width}x{self.height}, {self.fps:g} fps"
 
 
-def _frame_rate(path: Path) -> float:
-    """The container's average frame rate (for the overlay video); DEFAULT_FPS where it does not say."""
-    try:
-        import av
-
-        with av.open(str(path)) as container:
-            rate = container.streams.video[0].average_rate
-        return float(rate) if rate else DEFAULT_FPS
-    except Exception:
-        return DEFAULT_FPS
-
-
 def _last_reason(message: str, path: Path) -> str:
     """The fallback reader's reason from a read_video_frames error, without paths or decoder internals."""
     reason = message.rsplit("PyAV: ", 1)[-1].rstrip(")")
@@ -82,6 +70,7 @@ def open_uploaded_video(path: str | Path, max_mb: float, max_frames: int, name: 
                          f"(start it with max_upload_mb=... to change that).")
     try:
         frames = read_video_frames(path)
+        fps = frames.fps or DEFAULT_FPS  # the container's average frame rate (for the overlay video)
         first = next(frames, None)
         count = 0 if first is None else 1
         for _ in frames:
@@ -100,7 +89,7 @@ def open_uploaded_video(path: str | Path, max_mb: float, max_frames: int, name: 
         raise InputError(f"{name} has one frame (an image?); a video needs at least two: the first, with its mask, "
                          f"and one to segment.")
     height, width = first.shape[:2]
-    return VideoSource(name=Path(name).stem, num_frames=count, height=height, width=width, fps=_frame_rate(path),
+    return VideoSource(name=Path(name).stem, num_frames=count, height=height, width=width, fps=fps,
                        first_frame=first, path=path)
 
 

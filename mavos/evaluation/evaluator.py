@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mavos.data.io import read_any_mask, read_frame
+from mavos.data.io import read_any_mask
 from mavos.data.records import DatasetError, VideoRecord
+from mavos.data.video_file import frame_reader
 from mavos.evaluation.finishing import WRITERS, FrameJob, finish_frame, reset_writer_pool, usable_cpus, writer_pool
 from mavos.inference.session import InferenceSession
 from mavos.metrics.protocols import ScorePlan, VideoScorer, ground_truth_path, plan_for_record, read_ground_truth
@@ -117,12 +118,14 @@ def start_frame(record: VideoRecord) -> int:
 
 
 class _Prefetcher:
-    """Decode frames ahead of the model in ``threads`` threads, ``depth`` frames in flight, handed out in order;
-    a frame's error (naming the file) is raised when that frame is taken."""
+    """Decode frames ahead of the model in ``threads`` threads (one for a video file, which decodes in order),
+    ``depth`` frames in flight, handed out in order; a frame's error (naming the file) is raised when that frame
+    is taken."""
 
     def __init__(self, record: VideoRecord, indices: range, depth: int = PREFETCH_FRAMES, threads: int | None = None):
-        self.record, self.indices = record, iter(indices)
-        self.pool = ThreadPoolExecutor(max_workers=threads or DECODERS, thread_name_prefix=f"decode-{record.name}")
+        self.read, self.indices = frame_reader(record), iter(indices)
+        threads = 1 if record.video_file is not None else threads or DECODERS
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"decode-{record.name}")
         self.pending: deque[tuple[int, Future]] = deque()
         for _ in range(depth):
             self._submit()
@@ -130,7 +133,7 @@ class _Prefetcher:
     def _submit(self) -> None:
         i = next(self.indices, None)
         if i is not None:
-            self.pending.append((i, self.pool.submit(read_frame, self.record.frames[i])))
+            self.pending.append((i, self.pool.submit(self.read, i)))
 
     def get(self) -> tuple[int, np.ndarray]:
         i, future = self.pending.popleft()

@@ -26,8 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mavos.checkpoints.loading import (build_checkpoint_network, load_state, network_state, read_checkpoint,
                                        resolve_network_config)
-from mavos.data.io import atomic_save, read_frame, read_mask
+from mavos.data.io import atomic_save, read_mask
 from mavos.data.records import DatasetError, VideoRecord, select_videos
+from mavos.data.video_file import frame_reader
 from mavos.evaluation.evaluator import (VideoResult, copy_first_frame_scores, device_name, result_frames,
                                        segment_video)
 from mavos.metrics.jf import JFMetric
@@ -142,15 +143,19 @@ def run_fingerprint(cfg: DictConfig, network_config: dict) -> str:
 
 
 def video_fingerprint(run: str, record: VideoRecord) -> str:
-    """``run``'s fingerprint narrowed to one video: its frames, the frames written / scored, and the first-frame
-    masks the model starts from (edited in place, they change their size or modification time)."""
+    """``run``'s fingerprint narrowed to one video: its frames (a video file's size and modification time), the
+    frames written / scored, and the first-frame masks the model starts from (edited in place, they change their
+    size or modification time)."""
     masks = {}
     for index in sorted(set(record.object_first_frame.values())):
         path = Path(record.annotations.get(index, ""))
         stat = path.stat() if index in record.annotations and path.is_file() else None
         masks[str(path)] = None if stat is None else (stat.st_size, stat.st_mtime_ns)
-    return _digest({"run": run, "frames": [str(f) for f in record.frames], "names": list(record.frame_names),
-                    "scored": record.scored_frames, "masks": masks})
+    key = {"run": run, "frames": [str(f) for f in record.frames], "names": list(record.frame_names),
+           "scored": record.scored_frames, "masks": masks}
+    if record.video_file is not None:  # the same file name, edited since: its size and modification time differ
+        key["source"] = record.meta.get("source")
+    return _digest(key)
 
 
 def _digest(key: dict) -> str:
@@ -291,8 +296,9 @@ def write_overlay_for(record: VideoRecord, results_dir: Path) -> None:
     """overlay.mp4 of a user's video: the written masks coloured over its frames."""
     from mavos.evaluation.overlay import write_overlay_video
 
-    pairs = ((read_frame(f), read_mask(results_dir / record.name / f"{n}.png"))
-             for f, n in zip(record.frames, record.frame_names) if (results_dir / record.name / f"{n}.png").is_file())
+    read = frame_reader(record)
+    pairs = ((read(i), read_mask(results_dir / record.name / f"{n}.png"))
+             for i, n in enumerate(record.frame_names) if (results_dir / record.name / f"{n}.png").is_file())
     path = results_dir / f"{record.name}_overlay.mp4"
     write_overlay_video(pairs, path, fps=float(record.meta.get("fps", 24.0)))
     log.info("overlay video: %s", path)
