@@ -23,8 +23,20 @@ def report_expected_errors(fn: Callable[[], T], program: str) -> T:
     ``HYDRA_FULL_ERROR=1``)."""
     try:
         return fn()
-    except MavosError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as e:
+        expected = _expected(e)
+        if expected is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"{program}: error: {e}", file=sys.stderr, flush=True)
+        print(f"{program}: error: {expected}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+
+
+def _expected(error: BaseException) -> MavosError | None:
+    """The MavosError behind ``error``: itself, or the cause Hydra wrapped while building an object from the
+    config (``Error in call to target ...``: a missing weight file found by a constructor). Other wrappers are
+    left alone: their traceback is the bug report."""
+    while not isinstance(error, MavosError):
+        if not type(error).__module__.startswith("hydra") or error.__cause__ is None:
+            return None
+        error = error.__cause__
+    return error

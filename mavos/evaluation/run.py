@@ -206,6 +206,17 @@ def load_progress(results_dir: Path, record: VideoRecord, plan: ScorePlan | None
 
 # ---------------------------------------------------------------- reports
 
+def clear_results(results_dir: Path, record: VideoRecord) -> None:
+    """A video segmented (again) starts from an empty results folder: the PNGs of an earlier run with other
+    settings are not its results, and those of frames this run does not write (a longer cut of the video, an
+    edited video file, other listed frames) would stay beside the new ones, in a submission and in score_only."""
+    stale = sorted((results_dir / record.name).glob("*.png"))
+    for png in stale:
+        png.unlink()
+    if stale:
+        log.info("%s: %d result PNGs of an earlier run removed before segmenting it again", record.name, len(stale))
+
+
 def write_speed_csv(path: Path, results: list[VideoResult]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -261,10 +272,15 @@ def speed_value(results: list[VideoResult], kind: str, device: torch.device) -> 
 
 
 def format_summary(rows: dict[str, dict[str, float]], speed: str | None) -> str:
-    lines = [f"{'method':<28}{'J&F-Mean':>10}{'J-Mean':>10}{'F-Mean':>10}"]
-    for name, r in rows.items():
+    """The scores table (a method without scores, under protocol none, is said to be unscored, not NaN) and the
+    speed line."""
+    scored = {name: r for name, r in rows.items() if r}
+    lines = [f"{'method':<28}{'J&F-Mean':>10}{'J-Mean':>10}{'F-Mean':>10}"] if scored else []
+    for name, r in scored.items():
         vals = [r.get(k, float("nan")) for k in ("J&F-Mean", "J-Mean", "F-Mean")]
         lines.append(f"{name:<28}" + "".join(f"{v:>10.4f}" for v in vals))
+    lines += [f"{name}: not scored (data.protocol=none: no ground truth to score against)"
+              for name, r in rows.items() if not r]
     if speed:
         lines.append(speed)
     return "\n".join(lines)
@@ -372,6 +388,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
             if result is not None:
                 log.info("%s: done by an earlier run, skipped (resume=false to redo)", record.name)
             else:
+                clear_results(results_dir, record)
                 result = segment_video(net, record, plan=plan, protocol=protocol, session_kwargs=session_kwargs,
                                        results_dir=results_dir)
                 save_progress(results_dir, result, video_key)
@@ -402,9 +419,12 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
             summary["copy first-frame mask"] = base.compute()
     if ranks.rank == 0:
         text = format_summary(summary, speed_summary(results, device) if results else None)
+        if cfg.get("ckpt_path") and not cfg.score_only:
+            text = f"checkpoint: {cfg.ckpt_path}\n{text}"
         print(text, flush=True)
         atomic_save(lambda tmp: Path(tmp).write_text(text + "\n"), results_dir / f"summary-{split}.txt")
-        machine = {"scores": summary, "videos": len(all_records), "device": device_name(device),
+        machine = {"scores": summary, "checkpoint": cfg.get("ckpt_path"), "videos": len(all_records),
+                   "device": device_name(device),
                    "model_fps": speed_value(results, "model", device),
                    "end_to_end_fps": speed_value(results, "wall", device)}
         atomic_save(lambda tmp: Path(tmp).write_text(json.dumps(json_safe(machine), indent=2) + "\n"),
@@ -420,4 +440,5 @@ def evaluate_from_training(train_cfg: DictConfig, ckpt_path: str) -> dict:
                           {"ckpt_path": ckpt_path, "results_dir": str(Path(train_cfg.paths.output_dir) / "results"),
                            "score_only": False, "device": "auto", "videos": None, "max_frames": None,
                            "baseline": True, "resume": True, "split": train_cfg.data.get("split", "val")})
+    log.info("evaluating %s (the run's best checkpoint by its monitored score; last.ckpt without one)", ckpt_path)
     return evaluate(cfg)

@@ -46,6 +46,9 @@ def parse_count(options: dict, key: str, default: int | None) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"{usage()}\n\n{__doc__.strip()}")
+        return 0
     try:
         options = parse_options(argv)
     except ValueError as e:

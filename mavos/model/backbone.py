@@ -15,6 +15,8 @@ from torchvision import models
 from torchvision.models.swin_transformer import PatchMerging, ShiftedWindowAttention, SwinTransformerBlock
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from mavos.errors import MavosError
+
 WEIGHT_SOURCES = {
     "mobilenetv2": "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth (torchvision MobileNet_V2_Weights.IMAGENET1K_V1)",
     "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth (torchvision ResNet50_Weights.IMAGENET1K_V1)",
@@ -22,11 +24,15 @@ WEIGHT_SOURCES = {
 }
 
 
+class WeightsError(MavosError, FileNotFoundError):
+    """A backbone's ImageNet weight file is not where the config points (it says where to get it)."""
+
+
 def load_weight_file(path: str | Path, backbone: str) -> dict[str, torch.Tensor]:
     """Read an ImageNet checkpoint from disk; a missing file says which file and where it comes from."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise WeightsError(
             f"{path}: ImageNet weights for backbone '{backbone}' not found. Download "
             f"{WEIGHT_SOURCES.get(backbone, 'the backbone weights')} and place it there, or set "
             f"model.net.encoder.weights=null to start from random initialisation.")
