@@ -31,11 +31,12 @@ def report_expected_errors(fn: Callable[[], T], program: str) -> T:
         raise SystemExit(1) from None
 
 
-def _expected(error: BaseException) -> MavosError | None:
-    """The MavosError behind ``error``: itself, or the cause Hydra wrapped while building an object from the
+def _expected(error: BaseException) -> BaseException | None:
+    """The user's mistake behind ``error``: a MavosError, or Lightning's ``MisconfigurationException`` (a trainer
+    setting it refuses, naming it), as raised or as the cause Hydra wrapped while building an object from the
     config (``Error in call to target ...``: a missing weight file found by a constructor). Other wrappers are
     left alone: their traceback is the bug report."""
-    while not isinstance(error, MavosError):
+    while not (isinstance(error, MavosError) or type(error).__name__ == "MisconfigurationException"):
         if not type(error).__module__.startswith("hydra") or error.__cause__ is None:
             return None
         error = error.__cause__

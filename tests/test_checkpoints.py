@@ -239,3 +239,8 @@ def test_a_checkpoint_of_the_wrong_kind_says_what_to_do(tmp_path, capsys):
         err = capsys.readouterr().err
         assert said in err and "unsafe_load" not in err
     assert not (tmp_path / "again.ckpt").exists()
+    # an existing folder as the output is refused before converting; a folder as ours names the file to give
+    assert cli_main(["convert", str(official), str(tmp_path), "model=mavos_mbv2"]) == 1
+    assert f"{tmp_path}: is a folder; give the converted checkpoint's file name" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match=r"is a folder; give the checkpoint file in it \(e\.g\. .*last\.ckpt\)"):
+        load_network(tmp_path)

@@ -402,6 +402,13 @@ def test_expected_errors_end_with_the_message_alone(tiny_root: Path):
                       "logger=csv", cwd=tiny_root)
     _fails_with_message_only(proc, "weights/mobilenet_v2-b0353104.pth: ImageNet weights", "download.pytorch.org")
     assert "Error in call to target" not in proc.stderr
+    # a key still to give, a word for a switch, a step count of 0: refused before anything loads
+    proc = run_script("evaluate.py", f"ckpt_path={junk}", "data=video", "data.video=clip.mp4", cwd=tiny_root)
+    _fails_with_message_only(proc, "data=video needs data.mask=...")
+    proc = run_script("evaluate.py", f"ckpt_path={junk}", "session.flip=no", cwd=tiny_root)
+    _fails_with_message_only(proc, "session.flip='no': expected true or false")
+    proc = run_script("train.py", *TRAIN_TINY, "trainer.val_check_interval=0", "logger=csv", cwd=tiny_root)
+    _fails_with_message_only(proc, "trainer.val_check_interval=0: expected a step count >= 1")
     # a val_videos entry that does not exist
     proc = run_script("train.py", *TRAIN_TINY, "data.val_videos=[nope]", "logger=csv", cwd=tiny_root)
     _fails_with_message_only(proc, "'nope'", "data.val_videos")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -601,3 +602,69 @@ def test_validation_shards_cover_every_video_once_with_panels_on_rank_0(count, w
     assert sorted(i for s in shards for i in s) == list(range(count))
     assert set(range(panel_count(count, world, 2))) <= set(shards[0])
     assert max(map(len, shards)) - min(map(len, shards)) <= 1   # balanced
+
+
+def test_evaluation_settings_that_cannot_work_are_refused_before_anything_loads(tmp_path):
+    """Each names its key: a data key still to give, a session switch given as a word, a gap of 0, a selection of
+    no video or a video twice, a cut shorter than two frames, a results folder under a file, a device there is
+    not."""
+    from omegaconf import OmegaConf
+
+    from mavos.evaluation.run import check_evaluation_config, pick_device
+    from mavos.registry import ConfigError
+
+    session = {"long_term_gap": None, "max_long_edge": 1040, "max_short_edge": None, "flip": False, "amp": None,
+               "tf32": None, "compile": False}
+
+    def cfg(**top):
+        base = {"data": {"name": "davis2017", "root": "x"}, "session": dict(session), "videos": None,
+                "max_frames": None, "results_dir": str(tmp_path / "results")}
+        return OmegaConf.merge(base, top)
+
+    check_evaluation_config(cfg())
+    check_evaluation_config(cfg(videos=["a", "b"], max_frames=2))
+    (tmp_path / "a_file").write_text("mine")
+    for bad, said in ((cfg(data={"name": "video", "video": "clip.mp4", "mask": "???"}),
+                       "data=video needs data.mask=..."),
+                      (cfg(session={"flip": "no"}), "session.flip='no': expected true or false"),
+                      (cfg(session={"long_term_gap": 0}), "session.long_term_gap=0"),
+                      (cfg(videos=0), "videos=0: expected"), (cfg(videos=-1), "videos=-1"),
+                      (cfg(videos=["a", "b", "a"]), "videos: a listed more than once"),
+                      (cfg(max_frames=1), "max_frames=1: expected a whole number >= 2"),
+                      (cfg(max_frames="abc"), "max_frames='abc'"),
+                      (cfg(results_dir=str(tmp_path / "a_file")), "a_file is a file"),
+                      (cfg(results_dir=str(tmp_path / "a_file" / "sub")), "a_file is a file")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            check_evaluation_config(bad)
+    assert (tmp_path / "a_file").read_text() == "mine"
+    with pytest.raises(ConfigError, match=r"device='banana': expected auto, cpu, cuda"):
+        pick_device("banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"device=cuda: no CUDA GPU is usable here"):
+            pick_device("cuda")
+
+
+def test_hydra_wrapped_user_errors_are_reported_as_themselves():
+    """Hydra wraps what a constructor raises (``Error in call to target``); the user's mistake inside is what is
+    printed, a Lightning trainer setting it refuses too, and a bug keeps its traceback."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from mavos.errors import _expected
+    from mavos.model.backbone import WeightsError
+
+    def wrapped(cause):
+        try:
+            raise InstantiationException("Error in call to target 'x'") from cause
+        except InstantiationException as e:
+            return e
+
+    missing = WeightsError("w.pth: ImageNet weights ... not found")
+    assert _expected(wrapped(missing)) is missing and _expected(missing) is missing
+    refused = MisconfigurationException("`max_steps` must be ...")
+    assert _expected(wrapped(refused)) is refused
+    assert _expected(wrapped(KeyError("a bug"))) is None and _expected(RuntimeError("x")) is None
+    try:
+        raise RuntimeError("our wrapper") from missing   # not Hydra's: left as it is
+    except RuntimeError as e:
+        assert _expected(e) is None

@@ -1,4 +1,6 @@
 """InferenceSession: resolution rule, object groups beyond the ID bank, new objects mid-video, flip TTA."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -328,3 +330,42 @@ def test_a_session_without_amp_runs_in_float32_inside_a_mixed_precision_caller(n
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = run()
     assert inside.dtype == torch.float32 and torch.equal(inside, plain)
+
+
+def test_settings_that_cannot_be_meant_are_refused_naming_the_option(net):
+    """``flip="no"`` would read as true; a gap of 0 as 1; a size limit of 0 as 17 pixels: each is refused."""
+    from mavos.inference.session import check_session_options
+
+    for kwargs, said in (({"flip": "no"}, "flip='no': expected true or false"),
+                         ({"compile": 1}, "compile=1: expected true or false"),
+                         ({"tf32": "yes"}, "tf32='yes'"),
+                         ({"long_term_gap": 0}, "long_term_gap=0: expected a whole number >= 1"),
+                         ({"long_term_gap": -2}, "long_term_gap=-2"), ({"long_term_gap": 2.5}, "long_term_gap=2.5"),
+                         ({"max_long_edge": 0}, "max_long_edge=0: expected a size in pixels > 0, or null"),
+                         ({"max_short_edge": -480}, "max_short_edge=-480"),
+                         ({"amp": "fp8"}, "amp='fp8': expected one of null, none, fp16, bf16")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            check_session_options(**kwargs)
+        with pytest.raises(ValueError, match=re.escape(said)):
+            InferenceSession(net, **kwargs)
+    check_session_options(long_term_gap=np.int64(5), max_long_edge=480.0, flip=np.bool_(True), tf32=False)
+
+
+def test_the_predictor_says_when_a_mask_cannot_be_used_and_16_bit_frames_are_refused(net):
+    from mavos.inference.predictor import VideoPredictor
+
+    predictor = VideoPredictor(net, device="cpu")
+    vid = frames(3, h=33, w=49)
+    mask = _squares([(1, (10, 10))], h=33, w=49)
+    with pytest.raises(ValueError, match=r"masks given for frame\(s\) \[10\], but the video has 3 frames"):
+        list(predictor.propagate(vid, {10: mask}))
+    with pytest.raises(ValueError, match=r"masks given for frame\(s\) \[5\]"):   # one used, a later one not
+        list(predictor.propagate(vid, {0: mask, 5: mask}))
+    with pytest.raises(ValueError, match=r"whole numbers >= 0.*\[-1\]"):
+        list(predictor.propagate(vid, {-1: mask}))
+    deep = vid[0].astype(np.uint16) * 257   # the same picture as a 16-bit frame (0-65535)
+    session = InferenceSession(net)
+    with pytest.raises(ValueError, match=f"uint16 with values up to {int(deep.max())}: integer frames are 0-255"):
+        session.add_objects(deep, mask)
+    with pytest.raises(ValueError, match="torch.uint16 .*integer frames are 0-255"):
+        session.add_objects(torch.from_numpy(deep.astype(np.int32)).to(torch.uint16), mask)

@@ -232,3 +232,10 @@ def test_a_black_and_white_mask_with_soft_edges_or_jpeg_noise_is_one_object(tmp_
     Image.fromarray(ids).save(tmp_path / "ids.png")
     assert not is_binary_mask_file(tmp_path / "ids.png")
     assert set(np.unique(read_user_mask(tmp_path / "ids.png")).tolist()) == {0, 1, 2, 255}
+
+
+def test_a_one_frame_video_is_refused_as_the_demo_does(tmp_path):
+    _write_mp4(tmp_path / "still.mp4", 1)
+    write_mask(tmp_path / "m.png", np.pad(np.ones((4, 4), np.uint8), ((0, H - 4), (0, W - 4))))
+    with pytest.raises(DatasetError, match=r"still\.mp4: one frame \(an image\?\); a video needs at least two"):
+        VideoFileReader(tmp_path / "still.mp4", tmp_path / "m.png").videos()

@@ -64,6 +64,9 @@ def convert_checkpoint_file(src: str | Path, dst: str | Path, model: str,
     from mavos.registry import build_network, network_config
 
     src, dst = Path(src), Path(dst)
+    if dst.is_dir():
+        raise CheckpointError(f"{dst}: is a folder; give the converted checkpoint's file name (e.g. "
+                              f"{dst / (src.stem + '_mavos.ckpt')})")
     try:
         config = network_config(model)
     except ConfigError as e:

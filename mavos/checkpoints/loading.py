@@ -33,6 +33,8 @@ class CheckpointError(MavosError, RuntimeError):
 def read_checkpoint(path: str | Path) -> dict:
     """``torch.load`` a checkpoint we (or Lightning) wrote; anything else is a CheckpointError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; give the checkpoint file in it (e.g. {path / 'last.ckpt'})")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
     try:

@@ -227,6 +227,9 @@ class VideoFileReader:
         count = decoded.count() if first is not None else 0
         if count == 0:
             raise DatasetError(f"{self.video_path}: video has no frames")
+        if count == 1:
+            raise DatasetError(f"{self.video_path}: one frame (an image?); a video needs at least two: the first, "
+                               f"with its mask, and one to segment")
         (mh, mw), (fh, fw) = image_size(self.mask_path), first.shape[:2]
         if (mh, mw) != (fh, fw):
             raise DatasetError(f"{self.mask_path}: mask is {mw}x{mh} (WxH) but the frames of {self.video_path} are "

@@ -31,6 +31,7 @@ from mavos.data.records import DatasetError, VideoRecord, select_videos
 from mavos.data.video_file import frame_reader
 from mavos.evaluation.evaluator import (VideoResult, copy_first_frame_scores, device_name, result_frames,
                                        segment_video)
+from mavos.inference.session import check_session_options
 from mavos.metrics.jf import JFMetric
 from mavos.metrics.protocols import (PROTOCOLS, ScorePlan, VideoScorer, plan_for_record, score_saved_video,
                                      write_protocol_csvs)
@@ -45,16 +46,58 @@ ARCHITECTURE_GROUPS = ("model", "memory", "backbone")
 # ---------------------------------------------------------------- devices and ranks
 
 def pick_device(name: str) -> torch.device:
-    """``auto``: this rank's GPU (``LOCAL_RANK`` under torchrun) when CUDA is there, else the CPU."""
+    """``auto``: this rank's GPU (``LOCAL_RANK`` under torchrun) when CUDA is there, else the CPU. A device that
+    is not one, or a GPU this machine does not have, is a ConfigError naming ``device``."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={name!r}: expected auto, cpu, cuda or cuda:<index>") from None
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name}: no CUDA GPU is usable here (torch.cuda.is_available() is false); "
+                              f"use device=cpu or device=auto")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
         torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise ConfigError(f"device={name!r}: evaluation runs on cpu or cuda")
     return device
+
+
+def check_evaluation_config(cfg: DictConfig) -> None:
+    """What evaluate.py refuses before it loads anything, each naming its key: a data key still to be given
+    (``data.mask`` of data=video), session settings that cannot be meant, a bad ``videos`` / ``max_frames``, and a
+    ``results_dir`` under or at a file."""
+    missing = [k for k in cfg.data if OmegaConf.is_missing(cfg.data, k)]
+    if missing:
+        raise ConfigError(f"data={cfg.data.get('name')} needs {', '.join(f'data.{k}=...' for k in missing)} "
+                          f"(see conf/data/{cfg.data.get('name')}.yaml)")
+    try:
+        check_session_options(**OmegaConf.to_container(cfg.session, resolve=True))
+    except ValueError as e:
+        raise ConfigError(f"session.{e}") from None
+    max_frames = cfg.get("max_frames")
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 2):
+        raise ConfigError(f"max_frames={max_frames!r}: expected a whole number >= 2 (a first frame and one to "
+                          f"segment), or null for whole videos")
+    videos = cfg.get("videos")
+    if isinstance(videos, bool) or (isinstance(videos, int) and videos < 1):
+        raise ConfigError(f"videos={videos!r}: expected null or all (every video), a count >= 1 (the first N) or "
+                          f"a list of names")
+    if OmegaConf.is_list(videos):
+        names = [str(v) for v in videos]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"videos: {', '.join(twice)} listed more than once (it would count twice in the means)")
+    results_dir = Path(cfg.results_dir)
+    existing = next((p for p in (results_dir, *results_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"results_dir={results_dir}: {existing} is a file; results are written into a folder")
 
 
 class Ranks:
@@ -350,6 +393,7 @@ def json_safe(value):
 
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     warnings.filterwarnings("ignore", message=".*compute.*called before.*update", category=UserWarning)
+    check_evaluation_config(cfg)
     protocol = cfg.data.get("protocol", "davis")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}")

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -35,9 +36,14 @@ class VideoPredictor:
         """
         if not masks:
             raise ValueError("give at least one mask: {frame_index: mask}")
+        bad = [k for k in masks if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0]
+        if bad:
+            raise ValueError(f"mask frame indices must be whole numbers >= 0 (0 is the first frame), got {bad}")
         start = min(masks)
         session = InferenceSession(self.net, device=self.device, **self.session_kwargs)
+        frames_seen = 0
         for i, frame in enumerate(frames):
+            frames_seen = i + 1
             if i < start:
                 continue
             if i == start:
@@ -45,3 +51,7 @@ class VideoPredictor:
             else:
                 session.step(frame, masks.get(i))
             yield i, session.last_mask.to(torch.uint8).cpu().numpy()  # the argmax the session made
+        unused = sorted(k for k in masks if k >= frames_seen)
+        if unused:
+            raise ValueError(f"masks given for frame(s) {unused}, but the video has {frames_seen} frames "
+                             f"(indices 0-{frames_seen - 1})")

@@ -8,6 +8,7 @@ itself is handled by ``ObjectTracker`` exactly as in training.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 import cv2
@@ -63,6 +64,29 @@ def inference_size(height: int, width: int, max_long_edge: float | None = 1040, 
     return out[0], out[1]
 
 
+def check_session_options(long_term_gap=None, max_long_edge=1040, max_short_edge=None, flip=False, amp=None,
+                          device=None, compile=False, tf32=None) -> None:
+    """Refuse settings that cannot be meant, naming the option (``long_term_gap=0: ...``): a string where a
+    switch is expected (``flip=no`` would read as true), a memory gap below 1, a size limit of 0 or less (null is
+    "no limit"), an unknown precision. evaluate.py and train.py check their ``session.*`` with it before loading
+    anything; every ``InferenceSession`` checks its own arguments with it too."""
+    for key, value in (("flip", flip), ("compile", compile)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{key}={value!r}: expected true or false")
+    if tf32 is not None and not isinstance(tf32, bool):
+        raise ValueError(f"tf32={tf32!r}: expected true, false or null")
+    if long_term_gap is not None and (isinstance(long_term_gap, bool) or not isinstance(long_term_gap, numbers.Integral)
+                                      or long_term_gap < 1):
+        raise ValueError(f"long_term_gap={long_term_gap!r}: expected a whole number >= 1 (frames between memory "
+                         f"writes), or null for the memory's own test gap")
+    for key, value in (("max_long_edge", max_long_edge), ("max_short_edge", max_short_edge)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0):
+            raise ValueError(f"{key}={value!r}: expected a size in pixels > 0, or null for no limit")
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp={amp!r}: expected one of {', '.join('null' if k is None else k for k in AMP_DTYPES)}")
+    del device  # any torch device; checked where it is picked
+
+
 class InferenceSession:
     """One video. ``add_objects(frame, mask)`` on the first frame, then ``step(frame)`` per frame
     (``step(frame, mask)`` when new objects appear in ``mask``). Both return probabilities
@@ -96,13 +120,12 @@ class InferenceSession:
     def __init__(self, net: VOSNetwork, long_term_gap: int | None = None, max_long_edge: float | None = 1040,
                  max_short_edge: float | None = None, flip: bool = False, amp: str | None = None,
                  device: torch.device | str | None = None, compile: bool = False, tf32: bool | None = None):
+        check_session_options(long_term_gap, max_long_edge, max_short_edge, flip, amp, compile=compile, tf32=tf32)
         self.net = net.eval()
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
         self.long_term_gap = net.memory.test_gap if long_term_gap is None else int(long_term_gap)
         self.max_long_edge, self.max_short_edge = max_long_edge, max_short_edge
         self.flip = flip
-        if amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
         self.amp, self.amp_dtype = amp, AMP_DTYPES[amp]
         if self.amp_dtype is not None and self.device.type == "cpu" and not cpu_computes_natively(self.amp_dtype):
             warnings.warn(f"amp={amp} on a CPU without native {amp} arithmetic (no AVX512-BF16 / AMX / AVX512-FP16 "
@@ -158,6 +181,9 @@ class InferenceSession:
         if isinstance(frame, torch.Tensor):
             if frame.ndim != 3 or frame.shape[2] != 3:
                 raise ValueError(f"frame must be (H, W, 3) RGB, got shape {tuple(frame.shape)}")
+            if frame.dtype in (torch.uint16, torch.int16):
+                raise ValueError(f"frame is {frame.dtype} (16-bit?): integer frames are 0-255 (uint8); pass "
+                                 f"frame / 65535 as floats, or frame >> 8 as uint8")
             self._set_frame_size(*frame.shape[:2])
             x = frame.to(self.device, non_blocking=True).permute(2, 0, 1)[None]
             if frame.is_floating_point():
@@ -170,6 +196,9 @@ class InferenceSession:
             arr = np.asarray(frame)
             if arr.ndim != 3 or arr.shape[2] != 3:
                 raise ValueError(f"frame must be (H, W, 3) RGB, got shape {arr.shape}")
+            if arr.dtype.kind in "iu" and arr.dtype != np.uint8 and arr.size and int(arr.max()) > 255:
+                raise ValueError(f"frame is {arr.dtype} with values up to {int(arr.max())}: integer frames are "
+                                 f"0-255 (uint8); pass 16-bit frames as floats (frame / 65535) or frame >> 8")
             self._set_frame_size(*arr.shape[:2])
             scale = 255.0 / self._video_float_range(lambda: float(arr.max())) if arr.dtype.kind == "f" else 1.0
             arr = arr.astype(np.float32) * scale

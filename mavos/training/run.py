@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 import uuid
 from pathlib import Path
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mavos.checkpoints.loading import (CheckpointError, architecture_differences, load_network_weights,
                                        network_record, network_state, read_checkpoint, stored_network)
 from mavos.data.io import atomic_save, remove_stale_temporaries
+from mavos.inference.session import check_session_options
 from mavos.registry import ConfigError, describe
 from mavos.training.rundir import find_last_checkpoint, newest_checkpoint, resumable_checkpoints
 
@@ -167,6 +169,34 @@ def check_optimized_metric(metric: str | None, sweeper: str | None, validates: b
                           f"(data.val_videos=0, data=static or no val set): give validation videos")
 
 
+def check_training_config(cfg: DictConfig) -> None:
+    """Numbers a run cannot mean, refused before anything loads, naming the key (Lightning or PyTorch would stop
+    with a traceback, some only after the first steps): ``session.*`` (validation segments videos as evaluate.py
+    does), a batch of no clips, a learning rate <= 0, validation every 0 steps, a negative ``max_steps``."""
+    if cfg.get("session") is not None:
+        try:
+            check_session_options(**OmegaConf.to_container(cfg.session, resolve=True))
+        except ValueError as e:
+            raise ConfigError(f"session.{e}") from None
+
+    def number(key: str, value, whole: bool, least: float, what: str) -> None:
+        kinds = (numbers.Integral,) if whole else (numbers.Real,)
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, kinds) or not (value >= least if whole else value > least):
+            raise ConfigError(f"{key}={value!r}: expected {what}")
+
+    module = cfg.data.get("module") or {}
+    number("data.module.batch_size", module.get("batch_size"), True, 1, "a whole number >= 1 (clips per step)")
+    number("model.lr", cfg.model.get("lr"), False, 0, "a learning rate > 0")
+    interval = cfg.trainer.get("val_check_interval")
+    number("trainer.val_check_interval", interval, isinstance(interval, int), 1 if isinstance(interval, int) else 0,
+           "a step count >= 1, or a fraction of an epoch in (0, 1]")
+    steps = cfg.trainer.get("max_steps")
+    if steps is not None and steps != -1:
+        number("trainer.max_steps", steps, True, 1, "a step count >= 1, or -1 for no limit")
+
+
 def check_validation(datamodule, protocol: str) -> None:
     """Validation videos must exist and carry ground truth under the data config's protocol."""
     from mavos.metrics.protocols import plan_for_record
@@ -233,6 +263,7 @@ def wandb_run_id(output_dir: Path) -> str | None:
 # ---------------------------------------------------------------- the run
 
 def train(cfg: DictConfig) -> dict[str, float]:
+    check_training_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
