@@ -31,7 +31,7 @@ from mavos.data.records import DatasetError, VideoRecord, select_videos
 from mavos.data.video_file import frame_reader
 from mavos.evaluation.evaluator import (VideoResult, copy_first_frame_scores, device_name, result_frames,
                                        segment_video)
-from mavos.inference.session import check_session_options
+from mavos.inference.session import check_session_config
 from mavos.metrics.jf import JFMetric
 from mavos.metrics.protocols import (PROTOCOLS, ScorePlan, VideoScorer, plan_for_record, score_saved_video,
                                      write_protocol_csvs)
@@ -77,10 +77,7 @@ def check_evaluation_config(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"data={cfg.data.get('name')} needs {', '.join(f'data.{k}=...' for k in missing)} "
                           f"(see conf/data/{cfg.data.get('name')}.yaml)")
-    try:
-        check_session_options(**OmegaConf.to_container(cfg.session, resolve=True))
-    except ValueError as e:
-        raise ConfigError(f"session.{e}") from None
+    check_session_config(OmegaConf.to_container(cfg.session, resolve=True))
     max_frames = cfg.get("max_frames")
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 2):
         raise ConfigError(f"max_frames={max_frames!r}: expected a whole number >= 2 (a first frame and one to "

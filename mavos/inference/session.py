@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Mapping
 
 import cv2
 import numpy as np
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from mavos.inference.step import CompiledFrameStep, FrameLayout, FrameStep, group_one_hots
 from mavos.inference.tracker import ObjectTracker, one_hot_mask
 from mavos.model.vos import VOSNetwork
+from mavos.registry import ConfigError
 
 AMP_DTYPES = {None: None, "none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -65,7 +67,7 @@ def inference_size(height: int, width: int, max_long_edge: float | None = 1040, 
 
 
 def check_session_options(long_term_gap=None, max_long_edge=1040, max_short_edge=None, flip=False, amp=None,
-                          device=None, compile=False, tf32=None) -> None:
+                          compile=False, tf32=None) -> None:
     """Refuse settings that cannot be meant, naming the option (``long_term_gap=0: ...``): a string where a
     switch is expected (``flip=no`` would read as true), a memory gap below 1, a size limit of 0 or less (null is
     "no limit"), an unknown precision. evaluate.py and train.py check their ``session.*`` with it before loading
@@ -84,7 +86,15 @@ def check_session_options(long_term_gap=None, max_long_edge=1040, max_short_edge
             raise ValueError(f"{key}={value!r}: expected a size in pixels > 0, or null for no limit")
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp={amp!r}: expected one of {', '.join('null' if k is None else k for k in AMP_DTYPES)}")
-    del device  # any torch device; checked where it is picked
+
+
+def check_session_config(options: Mapping) -> None:
+    """``check_session_options`` over a config's ``session`` node (evaluate.py, train.py's validation): a
+    ConfigError naming ``session.<option>``."""
+    try:
+        check_session_options(**options)
+    except ValueError as e:
+        raise ConfigError(f"session.{e}") from None
 
 
 class InferenceSession:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mavos.checkpoints.loading import (CheckpointError, architecture_differences, load_network_weights,
                                        network_record, network_state, read_checkpoint, stored_network)
 from mavos.data.io import atomic_save, remove_stale_temporaries
-from mavos.inference.session import check_session_options
+from mavos.inference.session import check_session_config
 from mavos.registry import ConfigError, describe
 from mavos.training.rundir import find_last_checkpoint, newest_checkpoint, resumable_checkpoints
 
@@ -174,27 +174,24 @@ def check_training_config(cfg: DictConfig) -> None:
     with a traceback, some only after the first steps): ``session.*`` (validation segments videos as evaluate.py
     does), a batch of no clips, a learning rate <= 0, validation every 0 steps, a negative ``max_steps``."""
     if cfg.get("session") is not None:
-        try:
-            check_session_options(**OmegaConf.to_container(cfg.session, resolve=True))
-        except ValueError as e:
-            raise ConfigError(f"session.{e}") from None
+        check_session_config(OmegaConf.to_container(cfg.session, resolve=True))
 
-    def number(key: str, value, whole: bool, least: float, what: str) -> None:
-        kinds = (numbers.Integral,) if whole else (numbers.Real,)
-        if value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, kinds) or not (value >= least if whole else value > least):
+    def refuse(key: str, value, fits, what: str) -> None:
+        if value is not None and (isinstance(value, bool) or not fits(value)):
             raise ConfigError(f"{key}={value!r}: expected {what}")
 
+    def whole(value) -> bool:
+        return isinstance(value, numbers.Integral)
+
     module = cfg.data.get("module") or {}
-    number("data.module.batch_size", module.get("batch_size"), True, 1, "a whole number >= 1 (clips per step)")
-    number("model.lr", cfg.model.get("lr"), False, 0, "a learning rate > 0")
-    interval = cfg.trainer.get("val_check_interval")
-    number("trainer.val_check_interval", interval, isinstance(interval, int), 1 if isinstance(interval, int) else 0,
+    refuse("data.module.batch_size", module.get("batch_size"), lambda v: whole(v) and v >= 1,
+           "a whole number >= 1 (clips per step)")
+    refuse("model.lr", cfg.model.get("lr"), lambda v: isinstance(v, numbers.Real) and v > 0, "a learning rate > 0")
+    refuse("trainer.val_check_interval", cfg.trainer.get("val_check_interval"),
+           lambda v: v >= 1 if whole(v) else isinstance(v, float) and 0 < v <= 1,
            "a step count >= 1, or a fraction of an epoch in (0, 1]")
-    steps = cfg.trainer.get("max_steps")
-    if steps is not None and steps != -1:
-        number("trainer.max_steps", steps, True, 1, "a step count >= 1, or -1 for no limit")
+    refuse("trainer.max_steps", cfg.trainer.get("max_steps"), lambda v: whole(v) and (v >= 1 or v == -1),
+           "a step count >= 1, or -1 for no limit")
 
 
 def check_validation(datamodule, protocol: str) -> None:
