@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # The open questions of issue 11 on one CUDA GPU, in calls of under 10 minutes each (most wanted first):
-#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [fp32|graphs|main|swinb|eval]
-# fp32 (~8 minutes at most; the default): the CUDA tests of the session's own graphs (the compiled step equals
-#   eager in float32; graphs recorded by warm_up's rehearsal serve the video after it and the next session's
-#   video, which record none), then MobileNetV2's compiled step in strict fp32 (TF32 off) at 480p over 1000 frames
-#   (150 FPS? 133 on 2026-11-26 with torch.compile's own CUDA graphs; bf16 took 0.86x the time on the session's
-#   own graphs since), given the time its compiling takes (over 120 s).
+#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32|graphs|main|swinb]
+# eval (~7 minutes at most; the default): the CUDA tests of the session's own graphs (the compiled step equals
+#   eager in float32; graphs recorded by warm_up's rehearsal serve the video after it, stepped under
+#   torch.inference_mode, and the next session's video, which record none: on 2026-11-27 the first video recorded
+#   them again, 6 graphs, when the session still ran in its caller's mode), then evaluate.py over the embedded
+#   benchmark compiled in bf16 (frames decoded by threads, written and scored by processes): model FPS against
+#   end-to-end FPS (it outlasted 115 s, compiling included, on 2026-11-27).
+# eval480 (~5 minutes at most; right after eval, while the machine is warm): evaluate.py at DAVIS's 480x854 (two
+#   synthetic 300-frame videos in the DAVIS layout), where a frame takes ~3 ms on the GPU and ~4-7 ms to decode
+#   and ~35 ms to write and score on one core.
+# fp32 (~8 minutes at most): the same CUDA tests, then MobileNetV2's compiled step in strict fp32 (TF32 off) at
+#   480p over 1000 frames (150 FPS? 138.7 on 2026-11-27 on the session's own graphs, 133 on 2026-11-26 with
+#   torch.compile's), given the time its compiling takes (over 120 s).
 # graphs (~9 minutes at most, COMPARE_WITH a checkout of 1704b70: torch.compile's own CUDA graphs): the
 #   session's own CUDA graphs with the memory updated in place (mavos/inference/graphs.py), MobileNetV2 compiled
 #   bf16 at 480p over 1000 frames beside COMPARE_WITH in one process, with the kernel profile (300 FPS?), after
@@ -20,22 +27,17 @@
 #   03990db, the three graphs a frame: `mkdir -p DIR && git archive 03990db mavos conf | tar -x -C DIR`): 7.2 ms
 #   a frame on 2026-11-27 against 6.1 for 03990db on 2026-11-26, on two machines; the same process says whether
 #   one graph a frame costs Swin-B time.
-# eval (~8 minutes at most): the compiled bf16 step at the embedded benchmark's size, then evaluate.py over that
-#   benchmark compiled in bf16 (frames decoded by threads, written and scored by processes): its model time per
-#   frame against the benchmark's at the same size says what the evaluation loop costs; then evaluate.py at
-#   DAVIS's 480x854 (two synthetic 300-frame videos in the DAVIS layout): end-to-end against model FPS where a
-#   frame takes ~3 ms on the GPU and ~4-7 ms to decode and ~35 ms to write and score on one core.
 # Compiling happens inside each run's warm-up frames (133 s for MobileNetV2 in bf16 and 241 s for Swin-B on a
 # fresh H100 machine; later processes reuse inductor's on-disk caches), so every run bounds its whole frame loop
 # with --max-seconds (it then prints the summary of the frames timed so far) and has a `timeout` as the
 # backstop. Logs land in OUT_DIR/probe_PART.log, per-frame curves in OUT_DIR/runs.
 set -u
-OUT_DIR=${1:?usage: bash experiments/gpu_probe.sh OUT_DIR [fp32|graphs|main|swinb|eval]}
-PART=${2:-fp32}
+OUT_DIR=${1:?usage: bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32|graphs|main|swinb]}
+PART=${2:-eval}
 PY=${PYTHON:-python3}
 WORK=${TMPDIR:-/tmp}/mavos_gpu_probe
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled PYTHONWARNINGS=ignore
-case "$PART" in fp32|graphs|main|swinb|eval) ;; *) echo "gpu_probe.sh: PART must be fp32, graphs, main, swinb or eval, not '$PART'" >&2; exit 2;; esac
+case "$PART" in eval|eval480|fp32|graphs|main|swinb) ;; *) echo "gpu_probe.sh: PART must be eval, eval480, fp32, graphs, main or swinb, not '$PART'" >&2; exit 2;; esac
 if { [ "$PART" = swinb ] || [ "$PART" = graphs ]; } && [ -z "${COMPARE_WITH:-}" ]; then
   echo "gpu_probe.sh $PART: set COMPARE_WITH to an older checkout (see the header)" >&2; exit 2
 fi
@@ -48,10 +50,12 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
   step "environment ($PART)"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-  if [ "$PART" = fp32 ]; then
+  if [ "$PART" = fp32 ] || [ "$PART" = eval ]; then
     step "CUDA tests: the session's own CUDA graphs, compiled equals eager and handed from session to session"
-    timeout 220 $PY -m pytest -q -s -p no:cacheprovider -p no:logging tests/test_cuda.py \
+    timeout 180 $PY -m pytest -q -s -p no:cacheprovider -p no:logging tests/test_cuda.py \
       -k "compiled_step or session_to_session" 2>&1 | grep -E "^E |passed|failed|vs eager|Error" | head -n 30
+  fi
+  if [ "$PART" = fp32 ]; then
     step "MobileNetV2 compiled strict fp32 (TF32 off) 480p, 1000 frames"
     timeout 270 $SB --model mavos_mbv2 --precision fp32 --max-seconds 250 --profile 10 2>&1 | keep | head -n 40
   elif [ "$PART" = graphs ]; then
@@ -72,20 +76,21 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
     timeout 530 $SB --model mavos_swinb --precision bf16 --max-seconds 510 --compare-with "$COMPARE_WITH" 2>&1 \
       | keep | head -n 8
   else
-    step "MobileNetV2 compiled bf16 at the embedded benchmark's size (240x432)"
-    timeout 100 $SB --model mavos_mbv2 --precision bf16 --max-seconds 85 --size 240x432 2>&1 | keep | head -n 6
-    step "evaluate.py, compiled bf16, embedded benchmark (random weights: speeds, not scores)"
     CKPT=$WORK/random_mavos_mbv2.ckpt
-    $PY experiments/random_checkpoint.py "$CKPT" mavos_mbv2
-    timeout 150 $PY evaluate.py ckpt_path="$CKPT" results_dir="$WORK/eval_compiled" session.compile=true \
-      session.amp=bf16 session.max_short_edge=null resume=false 2>&1 | tr '\r' '\n' \
-      | grep -E "speed:|model|compil|rror" | grep -v "%|" | tail -n 6
-    step "evaluate.py, compiled bf16, at DAVIS's 480x854: two synthetic 300-frame videos in the DAVIS layout"
-    $PY -c "from mavos.data.synthetic import ensure_synthetic_davis as make; make('$WORK/davis480', num_train=0,
+    [ -f "$CKPT" ] || $PY experiments/random_checkpoint.py "$CKPT" mavos_mbv2
+    if [ "$PART" = eval ]; then
+      step "evaluate.py, compiled bf16, embedded benchmark (random weights: speeds, not scores)"
+      timeout 200 $PY evaluate.py ckpt_path="$CKPT" results_dir="$WORK/eval_compiled" session.compile=true \
+        session.amp=bf16 session.max_short_edge=null resume=false 2>&1 | tr '\r' '\n' \
+        | grep -E "speed:|model|compil|rror" | grep -v "%|" | tail -n 6
+    else
+      step "evaluate.py, compiled bf16, at DAVIS's 480x854: two synthetic 300-frame videos in the DAVIS layout"
+      $PY -c "from mavos.data.synthetic import ensure_synthetic_davis as make; make('$WORK/davis480', num_train=0,
 num_val=2, val_lengths=(300, 300), height=480, width=854)"
-    timeout 240 $PY evaluate.py ckpt_path="$CKPT" data=davis2017 data.root="$WORK/davis480" \
-      results_dir="$WORK/eval_480p" session.compile=true session.amp=bf16 session.max_short_edge=null resume=false \
-      2>&1 | tr '\r' '\n' | grep -E "speed:|model|compil|rror" | grep -v "%|" | tail -n 6
+      timeout 270 $PY evaluate.py ckpt_path="$CKPT" data=davis2017 data.root="$WORK/davis480" \
+        results_dir="$WORK/eval_480p" session.compile=true session.amp=bf16 session.max_short_edge=null \
+        resume=false 2>&1 | tr '\r' '\n' | grep -E "speed:|model|compil|rror" | grep -v "%|" | tail -n 6
+    fi
   fi
   step done
 } 2>&1 | tee "$OUT_DIR/probe_$PART.log"

@@ -97,8 +97,8 @@ class SessionGraphs:
 
     def run(self, name: str, fn: Callable, args: tuple, targets: Callable, updates: Callable):
         leaves, spec = tree_flatten(args)
-        # inference mode too: buffers made under it cannot be written outside it (a session under
-        # torch.inference_mode handing its graphs to one that is not)
+        # inference mode too: buffers made under it cannot be written outside it (InferenceSession always runs
+        # in it; a step called directly may not)
         shape = (name, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"),
                  torch.is_inference_mode_enabled(), tuple(_signature(x) for x in leaves))
         if shape not in self.positions:

@@ -123,6 +123,12 @@ class InferenceSession:
       size compiles again.
     tf32: TF32 for float32 work on CUDA (true), strict float32 (false), torch's defaults (null); see ``set_tf32``:
       process-wide, so give every session of a process the same value.
+
+    ``add_objects``, ``step`` and ``warm_up`` run under ``torch.inference_mode`` whatever the caller's mode, so
+    that what ``warm_up`` compiles and records serves the video: dynamo guards the mode, and a CUDA graph's
+    buffers made in one mode cannot serve the other (a warm-up outside ``inference_mode`` before a video inside
+    it recorded every graph again on an H100). The results are inference tensors: ``clone()`` one to change it
+    in place outside inference mode.
     """
 
     tensor_frames = True  # step/add_objects accept (H, W, 3) uint8 tensors on any device
@@ -290,7 +296,7 @@ class InferenceSession:
                 tracker.reference(enc, one_hot, frame_index=self.frame_index)
 
     # ---------------------------------------------------------------- API
-    @torch.no_grad()
+    @torch.inference_mode()
     def add_objects(self, frame, mask) -> torch.Tensor:
         """Start the video (or restart its memory) from a frame with its object mask."""
         if self.num_objects:
@@ -306,7 +312,7 @@ class InferenceSession:
             self._reference(inputs, label)
         return self._given_one_hot(label)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, frame, mask=None) -> torch.Tensor:
         """Segment the next frame. ``mask`` (optional) holds objects that appear in this frame."""
         if not self.num_objects:
@@ -339,7 +345,7 @@ class InferenceSession:
         self.last_mask = self._given_label(label)
         return one_hot_mask(self.last_mask[None], max(self.object_ids))[0]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def warm_up(self, frame_size: tuple[int, int], num_objects: int | tuple[int, ...] = 1) -> None:
         """With ``compile``: compile every step function (and record its CUDA graphs) for videos of this frame
         size before one is timed, on a throwaway session over random frames. Its long-term gap is 3 (the gap is
