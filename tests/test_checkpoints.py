@@ -161,7 +161,8 @@ def test_cli_refuses_wrong_shapes_and_bad_usage(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.pth" in err and "decoder.conv_out.weight" in err
     assert cli_main(["convert", str(tmp_path / "nope.pth"), str(tmp_path / "o.ckpt"), "model=deaot_mbv2"]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("python -m mavos.checkpoints convert: error: ") and "does not exist" in err
     assert cli_main(["convert", str(src), str(tmp_path / "o.ckpt")]) == 2
     # the module entry point runs as `python -m mavos.checkpoints`
     proc = run_python(["-m", "mavos.checkpoints"], cwd=ROOT)

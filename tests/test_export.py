@@ -189,7 +189,8 @@ def test_cli_reports_bad_requests(checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "expected key=value, got 'size'" in err and "python -m mavos.export" in err
     assert export_main([f"ckpt_path={tmp_path / 'missing.ckpt'}", "size=65x65"]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("python -m mavos.export: error: ") and "does not exist" in err  # says which command
     assert export_main(["--help"]) == 0   # the usage and what each option means, on stdout
     assert "usage: python -m mavos.export" in (out := capsys.readouterr().out) and "16k+1 per side" in out
     # bad numbers and an output path that is a file: one line each, no traceback, nothing exported

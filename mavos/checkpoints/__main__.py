@@ -20,6 +20,9 @@ from mavos.errors import MavosError
 from mavos.registry import ConfigError, model_names
 
 
+PROGRAM = "python -m mavos.checkpoints convert"  # how errors name this command
+
+
 def usage() -> str:
     return ("usage: python -m mavos.checkpoints convert IN.pth OUT.ckpt model=NAME [unsafe_load=true]\n"
             f"  NAME: one of {', '.join(model_names())} (the model configs, conf/model/)")
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = convert_checkpoint_file(src, dst, options["model"], unsafe_load=unsafe)
     except MavosError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{PROGRAM}: error: {e}", file=sys.stderr)
         return 1
     print(f"{src} -> {dst}: {report.model}, {report.tensors} tensors, {report.parameters:,} parameters")
     print("missing keys: none")

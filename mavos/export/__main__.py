@@ -18,6 +18,9 @@ from mavos.export import FORMATS, MIN_OPSET, ExportError, export_steps
 OPTIONS = {"ckpt_path", "format", "size", "out", "model", "gap", "opset"}
 
 
+PROGRAM = "python -m mavos.export"  # how errors name this command, as evaluate.py and train.py name theirs
+
+
 def usage() -> str:
     return ("usage: python -m mavos.export ckpt_path=CKPT format=onnx|torch_export size=HxW [out=DIR] "
             "[model=NAME] [gap=N] [opset=18]")
@@ -73,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         net = load_network(options["ckpt_path"], options.get("model"))
         manifest = export_steps(net, size, out, fmt, long_term_gap=gap, opset=opset)
     except (CheckpointError, ExportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{PROGRAM}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # the output folder cannot be written (permissions, disk full): said, not a traceback
-        print(f"error: out={out}: {e}", file=sys.stderr)
+        print(f"{PROGRAM}: error: out={out}: {e}", file=sys.stderr)
         return 1
     names = ", ".join(g["file"] for g in manifest["graphs"].values())
     print(f"{options['ckpt_path']} -> {out}/: {names}, {out}/mavos_export.json "
