@@ -1,7 +1,7 @@
 """The errors a user can fix (bad data, checkpoint, config): the entry points print their message alone.
 
 Every expected error derives from ``MavosError`` and names the file or key and what is wrong; train.py,
-evaluate.py and the converter end with that message and exit code 1 instead of a traceback (set
+evaluate.py, the converter and the exporter end with that message and exit code 1 instead of a traceback (set
 ``HYDRA_FULL_ERROR=1`` for the full trace). Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
@@ -18,6 +18,11 @@ class MavosError(Exception):
     """Base of the errors whose message is all a user needs."""
 
 
+def print_error(program: str, message) -> None:
+    """The one form every entry point gives a user's mistake in: ``<program>: error: <message>`` on stderr."""
+    print(f"{program}: error: {message}", file=sys.stderr, flush=True)
+
+
 def report_expected_errors(fn: Callable[[], T], program: str) -> T:
     """Run ``fn``; a ``MavosError`` prints ``<program>: error: <message>`` and exits 1 (full trace with
     ``HYDRA_FULL_ERROR=1``)."""
@@ -27,7 +32,7 @@ def report_expected_errors(fn: Callable[[], T], program: str) -> T:
         expected = _expected(e)
         if expected is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"{program}: error: {expected}", file=sys.stderr, flush=True)
+        print_error(program, expected)
         raise SystemExit(1) from None
 
 

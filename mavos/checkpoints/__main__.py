@@ -16,7 +16,7 @@ import torch
 from mavos.checkpoints.convert import convert_official_state_dict, fit_to_model
 from mavos.checkpoints.loading import NETWORK_KEY, CheckpointError, network_record
 from mavos.data.io import atomic_save
-from mavos.errors import MavosError
+from mavos.errors import MavosError, print_error
 from mavos.registry import ConfigError, model_names
 
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = convert_checkpoint_file(src, dst, options["model"], unsafe_load=unsafe)
     except MavosError as e:
-        print(f"{PROGRAM}: error: {e}", file=sys.stderr)
+        print_error(PROGRAM, e)
         return 1
     print(f"{src} -> {dst}: {report.model}, {report.tensors} tensors, {report.parameters:,} parameters")
     print("missing keys: none")

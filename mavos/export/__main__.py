@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mavos.checkpoints.__main__ import parse_options
 from mavos.checkpoints.loading import CheckpointError, load_network
+from mavos.errors import print_error
 from mavos.export import FORMATS, MIN_OPSET, ExportError, export_steps
 
 OPTIONS = {"ckpt_path", "format", "size", "out", "model", "gap", "opset"}
@@ -76,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         net = load_network(options["ckpt_path"], options.get("model"))
         manifest = export_steps(net, size, out, fmt, long_term_gap=gap, opset=opset)
     except (CheckpointError, ExportError) as e:
-        print(f"{PROGRAM}: error: {e}", file=sys.stderr)
+        print_error(PROGRAM, e)
         return 1
     except OSError as e:  # the output folder cannot be written (permissions, disk full): said, not a traceback
-        print(f"{PROGRAM}: error: out={out}: {e}", file=sys.stderr)
+        print_error(PROGRAM, f"out={out}: {e}")
         return 1
     names = ", ".join(g["file"] for g in manifest["graphs"].values())
     print(f"{options['ckpt_path']} -> {out}/: {names}, {out}/mavos_export.json "
