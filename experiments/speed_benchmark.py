@@ -10,10 +10,11 @@ to the machine's matmul peak. Random weights and frames (speed does not depend o
 Reports, for the timed frames (after ``--warmup`` frames, which also absorb compilation): median and p90
 ms/frame of regular frames, median ms of the frames that write long-term memory (every ``--gap`` frames), FPS
 (all timed frames), the first and last tenth of the video (flatness), peak memory (CUDA
-``max_memory_allocated``, or the process's peak RSS on the CPU), FLOPs per regular and per memory-write frame
-(``torch.utils.flop_counter``: matmuls, convolutions, attention), achieved FLOP/s and its fraction of the
-machine's matmul peak measured in the same run (best of a few large matmuls in the run's dtype, before and
-after). Writes ``<out>/<tag>.csv`` (one row per frame: index, ms, memory write, MB) and ``<out>/<tag>.png``.
+``max_memory_allocated``, or the process's peak RSS on the CPU), minor page faults per regular CPU frame, FLOPs
+per regular and per memory-write frame (``torch.utils.flop_counter``: matmuls, convolutions, attention),
+achieved FLOP/s and its fraction of the machine's matmul peak measured in the same run (best of a few large
+matmuls in the run's dtype, before and after). Writes ``<out>/<tag>.csv`` (one row per frame: index, ms, memory
+write, MB, page faults) and ``<out>/<tag>.png``.
 
 ``--compare-with DIR`` also loads the ``mavos`` package of another checkout (e.g. the code before a change;
 imported under another name) and runs both in one process, alternating frame by frame (who goes first
@@ -231,6 +232,17 @@ def matmul_peak(device, dtype, seconds: float = 1.0) -> float:
     return best
 
 
+def page_faults() -> int | None:
+    """This process's minor page faults so far (the kernel mapping in and zeroing a page on first touch), where
+    the OS counts them: per CPU frame, the cost of memory the allocator handed back to the kernel and takes again
+    (mavos/inference/host_memory.py)."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def current_memory_mb(device) -> float:
     import torch
 
@@ -362,11 +374,14 @@ def run_benchmark(args, contenders: list[Contender]) -> tuple[list[dict], dict, 
                         end.synchronize()
                         ms = start.elapsed_time(end)
                     else:
+                        faults = page_faults()
                         t0 = time.perf_counter()
                         outputs[id(r)] = r["session"].step(frame)
                         ms = (time.perf_counter() - t0) * 1000
+                        faults = page_faults() - faults if faults is not None else None
                 r["rows"].append({"frame": t, "ms": round(ms, 3), "memory_write": int(t % gap == 0),
-                                  "timed": int(t > warmup), "mb": round(current_memory_mb(device), 1)})
+                                  "timed": int(t > warmup), "mb": round(current_memory_mb(device), 1),
+                                  "page_faults": faults if device.type == "cpu" else None})
             for r in runs[1:]:  # outside the timed region: do the contenders compute the same thing?
                 r["rows"][-1].update(agreement(outputs[id(runs[0])], outputs[id(r)]))
         # a growing memory's FLOPs are counted again at the end; whether it grows is this checkout's answer (the
@@ -578,13 +593,32 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
         "flops_counted": not args.no_flops, "gflop_end": end_flops / 1e9,  # a regular frame after the timed ones (grows with a growing memory)
         "achieved_gflops": achieved / 1e9, "peak_gflops": peak / 1e9, "fraction_of_peak": achieved / peak,
         "torch": torch.__version__, "rows": rows,
+        # glibc keeping freed memory for reuse (a CPU session sets it process-wide: mavos/inference/host_memory.py)
+        "host_memory": host_memory_outcome(),
+        "page_faults_regular": (statistics.median(r["page_faults"] for r in timed if not r["memory_write"])
+                                if any(r.get("page_faults") is not None and not r["memory_write"] for r in timed)
+                                else None),
         # why a compiled run ran eagerly after all (a compiler failure falls back with a warning, not an error)
-        "fell_back": getattr(run["session"].step_functions, "disabled", None) if run["session"].compile else None,
+        "fell_back": (getattr(run["session"].step_functions, "disabled", None)
+                      if getattr(run["session"], "compile", False) else None),  # older checkouts: no compile
         # against the first contender (--compare-with / --compare-compile), over every frame after the first
         "max_prob_diff": max((r["max_prob_diff"] for r in rows if "max_prob_diff" in r), default=None),
         "label_diff": (statistics.fmean(r["label_diff"] for r in rows if "label_diff" in r)
                        if any("label_diff" in r for r in rows) else None),
     }
+
+
+def host_memory_outcome() -> str | None:
+    """What this process's CPU sessions did to glibc's allocator: "kept", why not, or None (no CPU session)."""
+    from mavos.inference import host_memory
+
+    return host_memory.outcome()
+
+
+def host_memory_note(outcome: str | None) -> str:
+    if outcome is None:
+        return ""
+    return ", freed host memory " + ("kept for reuse" if outcome == "kept" else f"returned ({outcome})")
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -639,11 +673,13 @@ def save(results: list[dict], out: Path, tag: str) -> tuple[Path, Path | None]:
     def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["contender", "frame", "ms", "memory_write", "timed", "mb", "max_prob_diff"])
+            writer.writerow(["contender", "frame", "ms", "memory_write", "timed", "mb", "max_prob_diff",
+                             "page_faults"])
             for r in results:
                 for row in r["rows"]:
+                    faults = row.get("page_faults")
                     writer.writerow([r["label"], row["frame"], row["ms"], row["memory_write"], row["timed"],
-                                     row["mb"], row.get("max_prob_diff", "")])
+                                     row["mb"], row.get("max_prob_diff", ""), "" if faults is None else faults])
     atomic_save(write_csv, csv_path)
     try:
         import matplotlib
@@ -680,6 +716,8 @@ def summary_line(r: dict) -> str:
     return (f"median {r['median_ms']:.2f} ms  p90 {r['p90_ms']:.2f}  write {r['write_median_ms']:.2f}  "
             f"{r['fps']:.2f} FPS  first/last 10% {r['first_tenth_ms']:.2f}/{r['last_tenth_ms']:.2f} ms  "
             f"peak {r['peak_mb']:.0f} MB  {flops}"
+            + (f"  {r['page_faults_regular']:.0f} page faults a regular frame"
+               if r.get("page_faults_regular") is not None else "")
             + (f"  NOT COMPILED: fell back to eager ({r['fell_back']})" if r.get("fell_back") else ""))
 
 
@@ -697,7 +735,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     r = results[-1]
     print(f"{r['model']} ({r['memory']}) {r['size']} {r['precision']}{' compiled' if r['compile'] else ''} on "
           f"{r['device_name']}, {r['threads']} threads, gap {r['gap']}, {r['frames']} timed frames after "
-          f"{r['warmup']}, torch {r['torch']}")
+          f"{r['warmup']}, torch {r['torch']}" + host_memory_note(r["host_memory"]))
     for res in results:
         print(f"{res['label']:>5}: {summary_line(res)}")
     for other in results[1:]:

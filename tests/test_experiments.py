@@ -34,6 +34,7 @@ def test_tiny_run_writes_the_curve_and_rates_the_attention_matmuls(benchmark, tm
         assert [int(r["frame"]) for r in mine] == [1, 2, 3, 4, 5, 6]
         assert [int(r["timed"]) for r in mine] == [0, 0, 1, 1, 1, 1]         # --warmup 2
         assert [int(r["memory_write"]) for r in mine] == [0, 0, 1, 0, 0, 1]  # every --gap 3 frames
+        assert all(int(r["page_faults"]) >= 0 for r in mine)  # counted around each CPU frame
     printed = capsys.readouterr().out
     summaries = [line for line in printed.splitlines() if line.startswith("[{")]  # printed before the profile
     assert len(summaries) == 1 and printed.index(summaries[0]) < printed.index("profile:")
@@ -53,6 +54,24 @@ def test_tiny_run_writes_the_curve_and_rates_the_attention_matmuls(benchmark, tm
     assert self_attention["gflop_per_call"] == pytest.approx(2 * 25 * 25 * 1024 / 1e9)
     for r in by_shape.values():
         assert r["gflops"] > 0 and r["fraction_of_peak"] == pytest.approx(r["gflops"] / summary["peak_gflops"])
+
+
+def test_compares_with_an_older_checkout_whose_session_has_no_compile_option(benchmark, tmp_path, capsys):
+    """``--compare-with`` is for the code before a change (the README's before / after runs use ed3143d, whose
+    ``InferenceSession`` predates ``compile``): a copy of this checkout with that attribute renamed stands in."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(ROOT / "mavos", old / "mavos", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "conf", old / "conf")
+    session = old / "mavos" / "inference" / "session.py"
+    session.write_text(session.read_text().replace("self.compile", "self._compiled_step"))
+    results = benchmark.main(["--size", "65x65", "--frames", "2", "--warmup", "1", "--gap", "3", "--threads", "2",
+                              "--no-flops", "--out", str(tmp_path / "out"), "--tag", "older", "--json",
+                              "--compare-with", str(old)])
+    old_run, new_run = results
+    assert old_run["label"] == "old" and old_run["fell_back"] is None and old_run["frames"] == 2
+    assert new_run["max_prob_diff"] == 0.0  # the same network, step for step
 
 
 def test_max_seconds_counts_the_warm_up(benchmark, tmp_path, capsys):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mavos.inference.host_memory import keep_freed_memory
 from mavos.inference.step import CompiledFrameStep, FrameLayout, FrameStep, group_one_hots
 from mavos.inference.tracker import ObjectTracker, one_hot_mask
 from mavos.model.vos import VOSNetwork
@@ -38,7 +39,7 @@ def set_tf32(enabled: bool | None) -> None:
     """TF32 tensor cores for float32 matmuls and convolutions on CUDA (``True``), strict float32 (``False``), or
     torch's own defaults left alone (``None``: TF32 convolutions, float32 matmuls). A process-wide switch in
     torch, so it is set once, not per frame: on an H100 it took MobileNetV2's compiled fp32 step from 6.95 to
-    3.6 ms at 480p (README, Speed)."""
+    3.6 ms at 480p (docs/speed_log.md)."""
     if enabled is None:
         return
     if not isinstance(enabled, bool):
@@ -123,6 +124,8 @@ class InferenceSession:
       size compiles again.
     tf32: TF32 for float32 work on CUDA (true), strict float32 (false), torch's defaults (null); see ``set_tf32``:
       process-wide, so give every session of a process the same value.
+    On the CPU a session keeps the process's freed memory for reuse (``host_memory.keep_freed_memory``: glibc's
+    mmap and trim thresholds raised, once per process, unless the allocator is the user's own choice).
 
     ``add_objects``, ``step`` and ``warm_up`` run under ``torch.inference_mode`` whatever the caller's mode, so
     that what ``warm_up`` compiles and records serves the video: dynamo guards the mode, and a CUDA graph's
@@ -148,6 +151,8 @@ class InferenceSession:
                           f"found by oneDNN): autocast runs about 10x slower than float32 here; leave amp unset "
                           f"(null) on this machine", stacklevel=2)
         set_tf32(tf32)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # a frame's large temporaries reuse the last frame's pages (host_memory.py)
         self.compile = bool(compile)
         self.step_functions = CompiledFrameStep.shared(net, self.device) if compile else FrameStep(net)
         self.num_objects = 0
