@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The open questions of issue 11 on one CUDA GPU, in calls of under 10 minutes each (most wanted first):
-#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32|graphs|main|swinb]
+#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32mm|fp32|graphs|main|swinb]
 # eval (~7 minutes at most; the default): the CUDA tests of the session's own graphs (the compiled step equals
 #   eager in float32; graphs recorded by warm_up's rehearsal serve the video after it, stepped under
 #   torch.inference_mode, and the next session's video, which record none: on 2026-11-27 the first video recorded
@@ -10,6 +10,12 @@
 # eval480 (~5 minutes at most; right after eval, while the machine is warm): evaluate.py at DAVIS's 480x854 (two
 #   synthetic 300-frame videos in the DAVIS layout), where a frame takes ~3 ms on the GPU and ~4-7 ms to decode
 #   and ~35 ms to write and score on one core.
+# fp32mm (~9 minutes at most): MobileNetV2's compiled step in strict fp32 (TF32 off) at 480p over 1000 frames with
+#   inductor turning the 1x1 convolutions (43 of a regular frame's 48 non-depthwise ones) into matmuls
+#   (--inductor conv_1x1_as_mm=True), beside the same code with inductor's defaults in the same process
+#   (--compare-with .), with the kernel profile of the first: on 2026-11-27 cuDNN's direct convolution
+#   (convolve_common_engine_float_NHWC, 24 calls a frame) took 11.6% of the fp32 kernel time and the
+#   implicit-GEMM convolutions 15% (150 FPS? 138.7 then). Both contenders compile (over 120 s each in fp32).
 # fp32 (~8 minutes at most): the same CUDA tests, then MobileNetV2's compiled step in strict fp32 (TF32 off) at
 #   480p over 1000 frames (150 FPS? 138.7 on 2026-11-27 on the session's own graphs, 133 on 2026-11-26 with
 #   torch.compile's), given the time its compiling takes (over 120 s).
@@ -32,12 +38,12 @@
 # with --max-seconds (it then prints the summary of the frames timed so far) and has a `timeout` as the
 # backstop. Logs land in OUT_DIR/probe_PART.log, per-frame curves in OUT_DIR/runs.
 set -u
-OUT_DIR=${1:?usage: bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32|graphs|main|swinb]}
+OUT_DIR=${1:?usage: bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32mm|fp32|graphs|main|swinb]}
 PART=${2:-eval}
 PY=${PYTHON:-python3}
 WORK=${TMPDIR:-/tmp}/mavos_gpu_probe
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled PYTHONWARNINGS=ignore
-case "$PART" in eval|eval480|fp32|graphs|main|swinb) ;; *) echo "gpu_probe.sh: PART must be eval, eval480, fp32, graphs, main or swinb, not '$PART'" >&2; exit 2;; esac
+case "$PART" in eval|eval480|fp32mm|fp32|graphs|main|swinb) ;; *) echo "gpu_probe.sh: PART must be eval, eval480, fp32mm, fp32, graphs, main or swinb, not '$PART'" >&2; exit 2;; esac
 if { [ "$PART" = swinb ] || [ "$PART" = graphs ]; } && [ -z "${COMPARE_WITH:-}" ]; then
   echo "gpu_probe.sh $PART: set COMPARE_WITH to an older checkout (see the header)" >&2; exit 2
 fi
@@ -55,7 +61,11 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
     timeout 180 $PY -m pytest -q -s -p no:cacheprovider -p no:logging tests/test_cuda.py \
       -k "compiled_step or session_to_session" 2>&1 | grep -E "^E |passed|failed|vs eager|Error" | head -n 30
   fi
-  if [ "$PART" = fp32 ]; then
+  if [ "$PART" = fp32mm ]; then
+    step "MobileNetV2 compiled strict fp32 (TF32 off) 480p: 1x1 convolutions as matmuls (new) beside the defaults (old)"
+    timeout 550 $SB --model mavos_mbv2 --precision fp32 --max-seconds 530 --profile 10 --compare-with . \
+      --inductor conv_1x1_as_mm=True 2>&1 | keep | head -n 50
+  elif [ "$PART" = fp32 ]; then
     step "MobileNetV2 compiled strict fp32 (TF32 off) 480p, 1000 frames"
     timeout 270 $SB --model mavos_mbv2 --precision fp32 --max-seconds 250 --profile 10 2>&1 | keep | head -n 40
   elif [ "$PART" = graphs ]; then
