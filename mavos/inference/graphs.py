@@ -4,7 +4,7 @@ torch.compile's own CUDA graphs (``mode="reduce-overhead"``) treat every call as
 replay they copy each input into the graph's buffers, and the caller has to clone every output out of them, since
 the next replay overwrites them. A MAVOS frame's inputs are mostly the memory its previous frame produced, so a
 frame paid ~47 copies for data that was already on the GPU (0.19 ms of the H100's 3.16 ms of kernels at 480p,
-plus their launches: README, Speed). Here a session records its own graphs of the compiled functions:
+plus their launches: docs/speed_log.md). Here a session records its own graphs of the compiled functions:
 
 - the memory a graph computes (the next short-term memory, the new long-term readout) is copied, inside the graph,
   into the buffers its next replay reads, and those buffers are what the session's trackers keep as their state:

@@ -42,7 +42,7 @@ class DepthwiseConv2d(nn.Conv2d):
     bandwidth on an H100 (a 3x3 over 960 channels at 31x54, 3 MB in and out: 0.1 ms a call). A fused 5x5 of
     the propagation takes 55 us a call against 33 us for PyTorch's kernel (bf16, H100; inductor computes their
     input, attention x U, again in every tap), yet the whole step ran slower with the 5x5s on that kernel (3.43
-    against 3.34 ms a frame: the layout copies around it); README, Speed.
+    against 3.34 ms a frame: the layout copies around it); docs/speed_log.md.
     Eager, or on the CPU, it is ``nn.Conv2d``. Same parameters and state-dict keys as ``nn.Conv2d``.
     ``fused_kernel_sizes`` says which kernels take the fused form (the speed benchmark's ``--fused-depthwise``
     sets it to compare the two forms on a GPU).
