@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from mavos.inference.host_memory import users_own_allocator
+from mavos.inference.host_memory import USER_SETTINGS, users_own_allocator
 from tests.conftest import ROOT, run_env
 
 # a fresh interpreter each: the setting is process-wide and sticks, and this test process has sessions of its own
@@ -36,9 +36,12 @@ PROBE = textwrap.dedent("""
 linux_glibc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 
 
-def probe(mode: str, **env: str) -> tuple[str, float]:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], cwd=ROOT, env=run_env(**env), capture_output=True,
-                         text=True, timeout=300)
+def probe(mode: str, **settings: str) -> tuple[str, float]:
+    env = run_env()
+    for name in (*USER_SETTINGS, "GLIBC_TUNABLES", "LD_PRELOAD"):  # this machine's own choices, if any, aside
+        env.pop(name, None)
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], cwd=ROOT, env={**env, **settings},
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     outcome, returned = out.stdout.strip().splitlines()[-1].rsplit(" ", 1)
     return outcome, float(returned)
