@@ -211,6 +211,19 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def peak_matmul_dtype(device, dtype):
+    """The dtype the run's matmuls compute in, for the peak they are measured against: the run's own on a GPU,
+    and on a CPU with native bf16 / fp16 arithmetic (AMX, AVX512-BF16 / -FP16: autocast's matmuls run there);
+    float32 on a CPU without it (autocast's half-precision matmuls are emulated there, at no meaningful peak)."""
+    import torch
+
+    from mavos.inference.session import cpu_computes_natively
+
+    if device.type == "cuda" or dtype == torch.float32:
+        return dtype
+    return dtype if cpu_computes_natively(dtype) else torch.float32
+
+
 def matmul_peak(device, dtype, seconds: float = 1.0) -> float:
     """Best FLOP/s of square matmuls in ``dtype`` on ``device`` (the machine's practical peak)."""
     import torch
@@ -343,7 +356,7 @@ def run_benchmark(args, contenders: list[Contender]) -> tuple[list[dict], dict, 
     compiled = args.compile or args.compare_compile
     warmup = args.warmup if args.warmup is not None else (5 if compiled else 3) * gap + 5
     dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    peak_dtype = dtype[args.precision] if device.type == "cuda" else torch.float32
+    peak_dtype = peak_matmul_dtype(device, dtype[args.precision])
     peak_before = matmul_peak(device, peak_dtype)
     total = warmup + args.frames
     with torch.inference_mode():

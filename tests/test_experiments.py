@@ -74,6 +74,22 @@ def test_compares_with_an_older_checkout_whose_session_has_no_compile_option(ben
     assert new_run["max_prob_diff"] == 0.0  # the same network, step for step
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_the_peak_is_measured_in_the_dtype_the_matmuls_run_in(benchmark, monkeypatch, native):
+    """bf16 autocast on a CPU with AMX runs its matmuls in bf16 (against a bf16 peak: 2.9 TFLOP/s on a 2-core
+    Xeon, 0.4 in float32); without native bf16 they are emulated, and float32's peak is the one that means
+    something."""
+    import torch
+
+    from mavos.inference import session
+
+    monkeypatch.setattr(session, "cpu_computes_natively", lambda dtype: native)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert benchmark.peak_matmul_dtype(cpu, torch.bfloat16) == (torch.bfloat16 if native else torch.float32)
+    assert benchmark.peak_matmul_dtype(cpu, torch.float32) == torch.float32
+    assert benchmark.peak_matmul_dtype(cuda, torch.float16) == torch.float16  # a GPU's own, either way
+
+
 def test_max_seconds_counts_the_warm_up(benchmark, tmp_path, capsys):
     """--max-seconds bounds the whole frame loop, warm-up (where compiling happens) included, so a GPU suite's run
     ends within its budget; a limit spent in the warm-up times nothing and says so instead of a summary."""
