@@ -379,6 +379,7 @@ def run_benchmark(args, contenders: list[Contender]) -> tuple[list[dict], dict, 
             outputs = {}
             for r in order:
                 frame = r["frames"][t % len(r["frames"])]
+                faults = None  # counted on the CPU
                 with r["contender"].compiler_settings():
                     if device.type == "cuda":
                         start.record()
@@ -394,7 +395,7 @@ def run_benchmark(args, contenders: list[Contender]) -> tuple[list[dict], dict, 
                         faults = page_faults() - faults if faults is not None else None
                 r["rows"].append({"frame": t, "ms": round(ms, 3), "memory_write": int(t % gap == 0),
                                   "timed": int(t > warmup), "mb": round(current_memory_mb(device), 1),
-                                  "page_faults": faults if device.type == "cpu" else None})
+                                  "page_faults": faults})
             for r in runs[1:]:  # outside the timed region: do the contenders compute the same thing?
                 r["rows"][-1].update(agreement(outputs[id(runs[0])], outputs[id(r)]))
         # a growing memory's FLOPs are counted again at the end; whether it grows is this checkout's answer (the
@@ -573,12 +574,14 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
     import torch
 
     from mavos.evaluation import evaluator
+    from mavos.inference import host_memory
 
     rows = run["rows"]
     timed = [r for r in rows if r["timed"]]
     if not timed:
         raise SystemExit(f"no timed frames: all {len(rows)} frames run were warm-up (--max-seconds too short?)")
     regular = [r["ms"] for r in timed if not r["memory_write"]]
+    faults = [r["page_faults"] for r in timed if not r["memory_write"] and r["page_faults"] is not None]
     writes = [r["ms"] for r in timed if r["memory_write"]]
     all_ms = [r["ms"] for r in timed]
     tenth = max(1, len(timed) // 10)
@@ -607,10 +610,8 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
         "achieved_gflops": achieved / 1e9, "peak_gflops": peak / 1e9, "fraction_of_peak": achieved / peak,
         "torch": torch.__version__, "rows": rows,
         # glibc keeping freed memory for reuse (a CPU session sets it process-wide: mavos/inference/host_memory.py)
-        "host_memory": host_memory_outcome(),
-        "page_faults_regular": (statistics.median(r["page_faults"] for r in timed if not r["memory_write"])
-                                if any(r.get("page_faults") is not None and not r["memory_write"] for r in timed)
-                                else None),
+        "host_memory": host_memory.outcome(),
+        "page_faults_regular": statistics.median(faults) if faults else None,
         # why a compiled run ran eagerly after all (a compiler failure falls back with a warning, not an error)
         "fell_back": (getattr(run["session"].step_functions, "disabled", None)
                       if getattr(run["session"], "compile", False) else None),  # older checkouts: no compile
@@ -619,13 +620,6 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
         "label_diff": (statistics.fmean(r["label_diff"] for r in rows if "label_diff" in r)
                        if any("label_diff" in r for r in rows) else None),
     }
-
-
-def host_memory_outcome() -> str | None:
-    """What this process's CPU sessions did to glibc's allocator: "kept", why not, or None (no CPU session)."""
-    from mavos.inference import host_memory
-
-    return host_memory.outcome()
 
 
 def host_memory_note(outcome: str | None) -> str:
