@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The open questions of issue 11 on one CUDA GPU, in calls of under 10 minutes each (most wanted first):
-#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32mm|fp32|graphs|main|swinb]
+#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32mm|freeze|fp32|graphs|main|swinb]
 # eval (~7 minutes at most; the default): the CUDA tests of the session's own graphs (the compiled step equals
 #   eager in float32; graphs recorded by warm_up's rehearsal serve the video after it, stepped under
 #   torch.inference_mode, and the next session's video, which record none: on 2026-11-27 the first video recorded
@@ -16,6 +16,9 @@
 #   (--compare-with .), with the kernel profile of the first: on 2026-11-27 cuDNN's direct convolution
 #   (convolve_common_engine_float_NHWC, 24 calls a frame) took 11.6% of the fp32 kernel time and the
 #   implicit-GEMM convolutions 15% (150 FPS? 138.7 then). Both contenders compile (over 120 s each in fp32).
+# freeze (~9 minutes at most): the same strict fp32 step with inductor freezing the weights into the compiled code
+#   (--inductor freezing=True: constants, folded; what a CPU session does by itself, 0.92-0.94x the eager time
+#   on a 2-core Xeon on 2026-11-28) beside the defaults in one process, with the kernel profile of the first.
 # fp32 (~8 minutes at most): the same CUDA tests, then MobileNetV2's compiled step in strict fp32 (TF32 off) at
 #   480p over 1000 frames (150 FPS? 138.7 on 2026-11-27 on the session's own graphs, 133 on 2026-11-26 with
 #   torch.compile's), given the time its compiling takes (over 120 s).
@@ -38,12 +41,12 @@
 # with --max-seconds (it then prints the summary of the frames timed so far) and has a `timeout` as the
 # backstop. Logs land in OUT_DIR/probe_PART.log, per-frame curves in OUT_DIR/runs.
 set -u
-OUT_DIR=${1:?usage: bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32mm|fp32|graphs|main|swinb]}
+OUT_DIR=${1:?usage: bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32mm|freeze|fp32|graphs|main|swinb]}
 PART=${2:-eval}
 PY=${PYTHON:-python3}
 WORK=${TMPDIR:-/tmp}/mavos_gpu_probe
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled PYTHONWARNINGS=ignore
-case "$PART" in eval|eval480|fp32mm|fp32|graphs|main|swinb) ;; *) echo "gpu_probe.sh: PART must be eval, eval480, fp32mm, fp32, graphs, main or swinb, not '$PART'" >&2; exit 2;; esac
+case "$PART" in eval|eval480|fp32mm|freeze|fp32|graphs|main|swinb) ;; *) echo "gpu_probe.sh: PART must be eval, eval480, fp32mm, freeze, fp32, graphs, main or swinb, not '$PART'" >&2; exit 2;; esac
 if { [ "$PART" = swinb ] || [ "$PART" = graphs ]; } && [ -z "${COMPARE_WITH:-}" ]; then
   echo "gpu_probe.sh $PART: set COMPARE_WITH to an older checkout (see the header)" >&2; exit 2
 fi
@@ -65,6 +68,10 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
     step "MobileNetV2 compiled strict fp32 (TF32 off) 480p: 1x1 convolutions as matmuls (new) beside the defaults (old)"
     timeout 550 $SB --model mavos_mbv2 --precision fp32 --max-seconds 530 --profile 10 --compare-with . \
       --inductor conv_1x1_as_mm=True 2>&1 | keep | head -n 50
+  elif [ "$PART" = freeze ]; then
+    step "MobileNetV2 compiled strict fp32 (TF32 off) 480p: weights frozen (new) beside the defaults (old)"
+    timeout 550 $SB --model mavos_mbv2 --precision fp32 --max-seconds 530 --profile 10 --compare-with . \
+      --inductor freezing=True 2>&1 | keep | head -n 50
   elif [ "$PART" = fp32 ]; then
     step "MobileNetV2 compiled strict fp32 (TF32 off) 480p, 1000 frames"
     timeout 270 $SB --model mavos_mbv2 --precision fp32 --max-seconds 250 --profile 10 2>&1 | keep | head -n 40

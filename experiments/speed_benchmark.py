@@ -192,9 +192,13 @@ class Contender:
         kwargs = {"long_term_gap": gap, "device": device}
         if args.precision in ("bf16", "fp16"):
             kwargs["amp"] = args.precision
-        if compile:
-            if not hasattr(cls, "tensor_frames"):
-                raise SystemExit(f"{self.label}: this InferenceSession has no compile option")
+        if compile and not hasattr(cls, "tensor_frames"):
+            # a checkout from before session.compile (ed3143d, the README's "before"): it runs eagerly, beside
+            # the compiled step of this one
+            print(f"{self.label}: this checkout's InferenceSession has no compile option; it runs eagerly",
+                  flush=True)
+            self.compile = False
+        elif compile:
             kwargs["compile"] = True
         return cls(net, **kwargs)
 

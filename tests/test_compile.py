@@ -77,6 +77,27 @@ def test_compiled_step_equals_eager_over_30_frames(net, video, eager):
     assert (compiled - eager).abs().max() < 1e-4
 
 
+def test_frozen_weights_compile_anew_when_the_network_changes_in_place(net, video, eager):
+    """On the CPU inductor freezes the weights into the compiled code (constants, prepacked). A network changed in
+    place after compiling (an optimizer step, ``load_state_dict``) keeps its parameter objects; its next session's
+    compiled frames must use the new weights, as an eager session does, not the frozen ones (0.03 apart without
+    the weights stamp)."""
+    changed = copy.deepcopy(net)
+    frames = 2 * GAP + 2  # the full memory's frame and the memory write both compiled (writes at 3 and 6)
+    before = InferenceSession(changed, long_term_gap=GAP, compile=True)
+    assert before.step_functions.compiled.freezing
+    assert (run(before, video, frames) - eager[:frames - 1]).abs().max() < 1e-4
+    with torch.no_grad():  # all but the encoder's (a new folded copy of it, an argument, would compile anew anyway)
+        for name, p in changed.named_parameters():
+            if not name.startswith("encoder."):
+                p.mul_(0.9)
+    expected = run(InferenceSession(changed, long_term_gap=GAP), video, frames)
+    assert (expected - eager[:frames - 1]).abs().max() > 1e-2  # the change shows in the output
+    after = InferenceSession(changed, long_term_gap=GAP, compile=True)
+    assert after.step_functions.weights_stamp != before.step_functions.weights_stamp
+    assert (run(after, video, frames) - expected).abs().max() < 1e-4
+
+
 @pytest.mark.parametrize("caller_mode", ["plain", "inference_mode"])
 def test_warm_up_compiles_every_step_before_the_video(net, video, eager, monkeypatch, caller_mode):
     """``warm_up`` (evaluation calls it before the first frame) leaves nothing to compile or record during the

@@ -56,22 +56,45 @@ def test_tiny_run_writes_the_curve_and_rates_the_attention_matmuls(benchmark, tm
         assert r["gflops"] > 0 and r["fraction_of_peak"] == pytest.approx(r["gflops"] / summary["peak_gflops"])
 
 
-def test_compares_with_an_older_checkout_whose_session_has_no_compile_option(benchmark, tmp_path, capsys):
-    """``--compare-with`` is for the code before a change (the README's before / after runs use ed3143d, whose
-    ``InferenceSession`` predates ``compile``): a copy of this checkout with that attribute renamed stands in."""
+@pytest.fixture(scope="module")
+def older_checkout(tmp_path_factory):
+    """A copy of this checkout whose ``InferenceSession`` predates ``compile`` and tensor frames, as ed3143d's (the
+    README's before / after runs) does."""
     import shutil
 
-    old = tmp_path / "old"
+    old = tmp_path_factory.mktemp("older")
     shutil.copytree(ROOT / "mavos", old / "mavos", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "conf", old / "conf")
     session = old / "mavos" / "inference" / "session.py"
-    session.write_text(session.read_text().replace("self.compile", "self._compiled_step"))
+    text = session.read_text()
+    assert "    tensor_frames = True" in text
+    session.write_text(text.replace("self.compile", "self._compiled_step").replace("    tensor_frames = True", ""))
+    return old
+
+
+def test_compares_with_an_older_checkout_whose_session_has_no_compile_option(benchmark, older_checkout, tmp_path):
+    """``--compare-with`` is for the code before a change: an older session (no ``compile`` attribute, frames as
+    arrays) runs beside this one, step for step."""
     results = benchmark.main(["--size", "65x65", "--frames", "2", "--warmup", "1", "--gap", "3", "--threads", "2",
                               "--no-flops", "--out", str(tmp_path / "out"), "--tag", "older", "--json",
-                              "--compare-with", str(old)])
+                              "--compare-with", str(older_checkout)])
     old_run, new_run = results
     assert old_run["label"] == "old" and old_run["fell_back"] is None and old_run["frames"] == 2
     assert new_run["max_prob_diff"] == 0.0  # the same network, step for step
+
+
+def test_with_compile_an_older_checkout_runs_eagerly_and_says_so(benchmark, older_checkout, capsys):
+    """``--compile --compare-with <ed3143d>`` times this checkout's compiled step against the old eager one: the old
+    session, which has no compile option, is made without it (not refused), and the run says so."""
+    import torch
+
+    contender = benchmark.Contender.from_checkout(older_checkout, "precompile")
+    args = benchmark.build_parser().parse_args(["--compile"])
+    session = contender.session(contender.build_network("mavos_mbv2", []), args, torch.device("cpu"), 3,
+                                compile=True)
+    assert not hasattr(session, "compile") and contender.compile is False  # the summary's "compile" reads this
+    assert "precompile: this checkout's InferenceSession has no compile option; it runs eagerly" in \
+        capsys.readouterr().out
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -121,7 +121,8 @@ class InferenceSession:
       ``segment``, and a memory write one more, shared by all sessions of the network; on CUDA replayed from
       the session's own CUDA graphs): needs a fixed-size memory (MCA); otherwise, or where compiling fails, one
       warning and eager execution. Compiled functions are specialised to the frame size: each new inference
-      size compiles again.
+      size compiles again. On the CPU the weights are frozen into the compiled code (inductor's freezing:
+      folded and prepacked for oneDNN), and a network whose weights changed since compiles anew.
     tf32: TF32 for float32 work on CUDA (true), strict float32 (false), torch's defaults (null); see ``set_tf32``:
       process-wide, so give every session of a process the same value.
     On the CPU a session keeps the process's freed memory for reuse (``host_memory.keep_freed_memory``: glibc's

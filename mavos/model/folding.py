@@ -74,32 +74,40 @@ def has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, NORMS) for m in module.modules())
 
 
-class InferenceCopy:
-    """Holds ``fold_batchnorm(source)`` and rebuilds it when a tensor of ``source`` changed since.
+class WeightVersions:
+    """Tells whether any parameter or buffer of a module changed since a given moment, by each tensor's storage
+    address and version counter (bumped by every in-place update: optimizer steps, ``load_state_dict``,
+    ``copy_``; the address changes with ``.to()``). The list of tensors is collected once: walking the module
+    tree on every call (every frame) took 1.4 ms on a 2-core CPU for MobileNetV2's 260 tensors, the cached list
+    0.15 ms. A parameter *object* assigned anew (``module.weight = nn.Parameter(...)``) is therefore not
+    noticed; use ``load_state_dict`` or ``copy_``."""
 
-    Changes are detected by each parameter's and buffer's storage address and version counter (bumped by
-    every in-place update: optimizer steps, ``load_state_dict``, ``copy_``; the address changes with ``.to()``).
-    The list of those tensors is collected once per source module: walking the module tree on every call
-    (every frame) took 1.4 ms on this 2-core CPU for MobileNetV2's 260 tensors, the cached list 0.15 ms.
-    A parameter *object* assigned anew (``module.weight = nn.Parameter(...)``) is therefore not noticed; use
-    ``load_state_dict`` or ``copy_``.
-    """
+    def __init__(self, module: nn.Module):
+        self.tensors = [*module.parameters(), *module.buffers()]
+
+    def key(self) -> tuple:
+        return tuple((t.data_ptr(), t._version) for t in self.tensors)
+
+
+class InferenceCopy:
+    """Holds ``fold_batchnorm(source)`` and rebuilds it when a tensor of ``source`` changed since
+    (``WeightVersions``)."""
 
     def __init__(self):
         self._key: tuple | None = None
         self._module: nn.Module | None = None
-        self._tensors: tuple[int, list[torch.Tensor]] | None = None  # (id of the source, its tensors)
+        self._versions: tuple[int, WeightVersions] | None = None  # (id of the source, its tensors)
 
     def __deepcopy__(self, memo) -> "InferenceCopy":  # a copied network (e.g. EMA) builds its own when used
         return InferenceCopy()
 
     def __getstate__(self) -> dict:
-        return {"_key": None, "_module": None, "_tensors": None}
+        return {"_key": None, "_module": None, "_versions": None}
 
     def _fingerprint(self, source: nn.Module) -> tuple:
-        if self._tensors is None or self._tensors[0] != id(source):
-            self._tensors = (id(source), [*source.parameters(), *source.buffers()])
-        return tuple((t.data_ptr(), t._version) for t in self._tensors[1])
+        if self._versions is None or self._versions[0] != id(source):
+            self._versions = (id(source), WeightVersions(source))
+        return self._versions[1].key()
 
     def get(self, source: nn.Module) -> nn.Module:
         key = self._fingerprint(source)
