@@ -98,6 +98,46 @@ def test_frozen_weights_compile_anew_when_the_network_changes_in_place(net, vide
     assert (run(after, video, frames) - expected).abs().max() < 1e-4
 
 
+def test_freezing_is_on_inside_frozen_calls_and_the_users_setting_comes_back(monkeypatch):
+    """Dynamo reads inductor's ``freezing`` while it traces, so a CPU session's compiled calls turn it on around
+    themselves. Two calls in two threads that overlap without nesting (A starts, B starts, A ends, B ends): B
+    still traces with it on after A ended (one global switch, counted or not, would have been turned off, or
+    never seen by B: inductor's settings are per thread), and the user's setting (off) is back after both."""
+    import threading
+
+    import torch._inductor.config as inductor_config
+
+    from mavos.inference.step import frozen
+
+    monkeypatch.setattr(inductor_config, "freezing", False)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        a_in.set()
+        b_in.wait(5)
+        seen["a"] = inductor_config.freezing
+
+    def b():
+        b_in.set()
+        a_out.wait(5)
+        seen["b after a ended"] = inductor_config.freezing
+
+    def run_a():
+        frozen(a)()
+        a_out.set()
+
+    first = threading.Thread(target=run_a)
+    first.start()
+    a_in.wait(5)
+    second = threading.Thread(target=frozen(b))
+    second.start()
+    first.join(5)
+    second.join(5)
+    assert seen == {"a": True, "b after a ended": True}
+    assert inductor_config.freezing is False
+
+
 @pytest.mark.parametrize("caller_mode", ["plain", "inference_mode"])
 def test_warm_up_compiles_every_step_before_the_video(net, video, eager, monkeypatch, caller_mode):
     """``warm_up`` (evaluation calls it before the first frame) leaves nothing to compile or record during the

@@ -315,8 +315,9 @@ class CompiledFunctions:
 
 def frozen(compiled: Callable) -> Callable:
     """``compiled`` called with inductor's ``freezing`` on: dynamo reads the setting while it traces (at a call), so
-    it is set around each call rather than passed as a compile option (which it would not see), and never
-    process-wide (other code's compiled functions keep the user's setting)."""
+    it is set around each call rather than passed as a compile option (which it would not see); the override is
+    the calling thread's own (inductor's settings are per thread), so it never leaks into other code's compiling,
+    nor ends under another thread's call."""
     import torch._inductor.config as inductor_config
 
     def call(*args):
