@@ -98,6 +98,20 @@ def test_frozen_weights_compile_anew_when_the_network_changes_in_place(net, vide
     assert (run(after, video, frames) - expected).abs().max() < 1e-4
 
 
+def test_frozen_step_warmed_up_compiles_nothing_during_the_video(net, video, eager):
+    """The CPU's path (inductor, weights frozen): ``warm_up``'s rehearsal session and the video's session run with
+    one weights stamp (the weights did not change between them), so what the rehearsal compiled serves the video."""
+    from torch._dynamo.utils import counters
+
+    session = InferenceSession(net, long_term_gap=GAP, compile=True)
+    assert session.step_functions.compiled.freezing
+    session.warm_up((SIZE, SIZE))
+    graphs = counters["stats"]["unique_graphs"]
+    out = run(session, video)
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled while the video ran
+    assert (out - eager).abs().max() < 1e-4
+
+
 def test_freezing_is_on_inside_frozen_calls_and_the_users_setting_comes_back(monkeypatch):
     """Dynamo reads inductor's ``freezing`` while it traces, so a CPU session's compiled calls turn it on around
     themselves. Two calls in two threads that overlap without nesting (A starts, B starts, A ends, B ends): B

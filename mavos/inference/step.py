@@ -339,7 +339,8 @@ class CompiledFrameStep(FrameStep):
     compiled function, a memory-write frame two. ``segment`` compiles for the full memory (both slots of MCA)
     and, with CUDA graphs, once more for the frames before the first long-term write (the reference alone in
     memory), so that short videos do not spend their first ``gap`` frames eager where launches set the pace (on
-    the CPU, where compiled runs as fast as eager, they stay eager rather than compile twice); ``write`` once
+    the CPU, where a compiled frame saves 6-8% of an eager one, less than compiling once more costs over a
+    ``gap`` of frames, they stay eager); ``write`` once
     the memory is full (the first write only stores the frame). Reference frames and frames where a mask adds
     objects run eagerly.
 
