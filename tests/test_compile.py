@@ -182,6 +182,29 @@ def test_warm_up_compiles_every_step_before_the_video(net, video, eager, monkeyp
     assert counters["stats"]["unique_graphs"] == graphs and len(step.warmed) == 1
 
 
+def test_warm_up_on_tensors_serves_a_video_of_arrays_at_a_resized_size(net):
+    """Evaluation on the CPU: ``warm_up`` rehearses on tensor frames (resized by torch), the video's frames are
+    numpy arrays (resized by OpenCV). Both reach the compiled step as the same (1, 3, h, w) channels-last layout,
+    batch stride included, so the video compiles nothing (it compiled ``segment`` again in its first frames when
+    the arrays' batch stride was 3 and the rehearsal's 3hw)."""
+    from torch._dynamo.utils import counters
+
+    rng = np.random.default_rng(1)
+    vid = [rng.integers(0, 256, (80, 96, 3), dtype=np.uint8) for _ in range(2 * GAP + 2)]
+    mask = np.zeros((80, 96), dtype=np.int64)
+    mask[20:60, 20:70] = 1
+    session = InferenceSession(net, long_term_gap=GAP, max_short_edge=65, compile=True)
+    step = session.step_functions = graphed_step(net)
+    session.warm_up((80, 96))
+    graphs = counters["stats"]["unique_graphs"]
+    session.add_objects(vid[0], mask)
+    for frame in vid[1:]:
+        session.step(frame)
+    assert session.input_size == (65, 81)  # resized: 80x96 -> short edge 65, long edge 16k + 1
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled while the video ran
+    assert step.disabled is None
+
+
 def test_warm_up_rehearses_the_object_groups_a_video_will_have(net, video):
     """A video of 12 objects (two groups of the 10-object ID bank) warmed up with its object counts compiles
     nothing while it runs, and the recompilation limit leaves room for many frame sizes (dynamo's default of 8

@@ -228,8 +228,13 @@ class InferenceSession:
             if (ih, iw) != self.frame_size:
                 arr = cv2.resize(arr, (iw, ih), interpolation=cv2.INTER_CUBIC)
             x = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device).permute(2, 0, 1)[None] / 255.0
-        # (1, 3, h, w) channels-last: the layout the encoder runs in
+        # (1, 3, h, w) channels-last: the layout the encoder runs in, with the batch stride of a channels-last copy
+        # (3hw): a size-1 dimension's stride is free, and the paths above leave 3 or 3hw (numpy and no resizing,
+        # or torch's resizing), which a compiled step's guards tell apart (a CPU evaluation, whose warm-up
+        # rehearses on tensors and whose videos are arrays, compiled again inside its first video)
         x = x.contiguous(memory_format=torch.channels_last)
+        if x.stride(0) != x[0].numel():
+            x = x.as_strided(x.shape, (x[0].numel(), *x.stride()[1:]))
         return torch.cat([x, x.flip(-1)]) if self.flip else x
 
     def _video_float_range(self, maximum) -> float:
