@@ -112,7 +112,7 @@ def test_frozen_step_warmed_up_compiles_nothing_during_the_video(net, video, eag
     assert (out - eager).abs().max() < 1e-4
 
 
-def test_freezing_is_on_inside_frozen_calls_and_the_users_setting_comes_back(monkeypatch):
+def test_freezing_is_on_inside_frozen_calls_and_the_users_setting_comes_back():
     """Dynamo reads inductor's ``freezing`` while it traces, so a CPU session's compiled calls turn it on around
     themselves. Two calls in two threads that overlap without nesting (A starts, B starts, A ends, B ends): B
     still traces with it on after A ended (one global switch, counted or not, would have been turned off, or
@@ -123,7 +123,6 @@ def test_freezing_is_on_inside_frozen_calls_and_the_users_setting_comes_back(mon
 
     from mavos.inference.step import frozen
 
-    monkeypatch.setattr(inductor_config, "freezing", False)
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
     seen = {}
 
@@ -141,15 +140,16 @@ def test_freezing_is_on_inside_frozen_calls_and_the_users_setting_comes_back(mon
         frozen(a)()
         a_out.set()
 
-    first = threading.Thread(target=run_a)
-    first.start()
-    a_in.wait(5)
-    second = threading.Thread(target=frozen(b))
-    second.start()
-    first.join(5)
-    second.join(5)
-    assert seen == {"a": True, "b after a ended": True}
-    assert inductor_config.freezing is False
+    with inductor_config.patch(freezing=False):  # the user's setting (monkeypatch would break the config module)
+        first = threading.Thread(target=run_a)
+        first.start()
+        a_in.wait(5)
+        second = threading.Thread(target=frozen(b))
+        second.start()
+        first.join(5)
+        second.join(5)
+        assert seen == {"a": True, "b after a ended": True}
+        assert inductor_config.freezing is False
 
 
 @pytest.mark.parametrize("caller_mode", ["plain", "inference_mode"])

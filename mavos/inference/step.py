@@ -340,9 +340,8 @@ class CompiledFrameStep(FrameStep):
     and, with CUDA graphs, once more for the frames before the first long-term write (the reference alone in
     memory), so that short videos do not spend their first ``gap`` frames eager where launches set the pace (on
     the CPU, where a compiled frame saves 6-8% of an eager one, less than compiling once more costs over a
-    ``gap`` of frames, they stay eager); ``write`` once
-    the memory is full (the first write only stores the frame). Reference frames and frames where a mask adds
-    objects run eagerly.
+    ``gap`` of frames, they stay eager); ``write`` once the memory is full (the first write only stores the
+    frame). Reference frames and frames where a mask adds objects run eagerly.
 
     One per session: the compiled functions are shared (``CompiledFunctions``), and on CUDA the session's own
     CUDA graphs of them (``SessionGraphs``: the memory stays in the graphs' buffers, updated in place, and only
