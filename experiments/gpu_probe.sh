@@ -64,14 +64,12 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
     timeout 180 $PY -m pytest -q -s -p no:cacheprovider -p no:logging tests/test_cuda.py \
       -k "compiled_step or session_to_session" 2>&1 | grep -E "^E |passed|failed|vs eager|Error" | head -n 30
   fi
-  if [ "$PART" = fp32mm ]; then
-    step "MobileNetV2 compiled strict fp32 (TF32 off) 480p: 1x1 convolutions as matmuls (new) beside the defaults (old)"
+  if [ "$PART" = fp32mm ] || [ "$PART" = freeze ]; then
+    if [ "$PART" = fp32mm ]; then SETTING=conv_1x1_as_mm=True; WHAT="1x1 convolutions as matmuls"
+    else SETTING=freezing=True; WHAT="weights frozen"; fi
+    step "MobileNetV2 compiled strict fp32 (TF32 off) 480p: $WHAT (new) beside the defaults (old)"
     timeout 550 $SB --model mavos_mbv2 --precision fp32 --max-seconds 530 --profile 10 --compare-with . \
-      --inductor conv_1x1_as_mm=True 2>&1 | keep | head -n 50
-  elif [ "$PART" = freeze ]; then
-    step "MobileNetV2 compiled strict fp32 (TF32 off) 480p: weights frozen (new) beside the defaults (old)"
-    timeout 550 $SB --model mavos_mbv2 --precision fp32 --max-seconds 530 --profile 10 --compare-with . \
-      --inductor freezing=True 2>&1 | keep | head -n 50
+      --inductor $SETTING 2>&1 | keep | head -n 50
   elif [ "$PART" = fp32 ]; then
     step "MobileNetV2 compiled strict fp32 (TF32 off) 480p, 1000 frames"
     timeout 270 $SB --model mavos_mbv2 --precision fp32 --max-seconds 250 --profile 10 2>&1 | keep | head -n 40
