@@ -19,10 +19,25 @@ def options(group: str) -> list[str]:
 REQUIRED = {"video": ["data.video=v.mp4", "data.mask=m.png"], "frames": ["data.frames=f", "data.masks=m"]}
 
 
+SCRATCH = {"dir": None}
+
+
+@pytest.fixture(autouse=True)
+def scratch_paths(tmp_path):
+    """Every composed run points its paths into the test's own temporary folder (nothing outside the clone)."""
+    SCRATCH["dir"] = tmp_path
+    yield
+    SCRATCH["dir"] = None
+
+
+def path_overrides() -> list[str]:
+    root = SCRATCH["dir"]
+    return [f"paths.root_dir={root}", f"paths.output_dir={root / 'out'}", f"paths.work_dir={root}"]
+
+
 def compose_train(overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=["paths.root_dir=/tmp/mavos-test", "paths.output_dir=/tmp/mavos-test/out", "paths.work_dir=/tmp/mavos-test",
-                                           *overrides])
+        return compose("train", overrides=[*path_overrides(), *overrides])
 
 
 @pytest.mark.parametrize("model,memory,data", list(itertools.product(options("model"), options("memory"), options("data"))))
@@ -103,8 +118,7 @@ def test_trainer_configs_instantiate(trainer):
 def test_eval_config_composes_with_every_data():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for data in options("data"):
-            cfg = compose("eval", overrides=[f"data={data}", "paths.root_dir=/tmp/x", "paths.output_dir=/tmp/x/o", "paths.work_dir=/tmp/x",
-                                             *REQUIRED.get(data, [])])
+            cfg = compose("eval", overrides=[f"data={data}", *path_overrides(), *REQUIRED.get(data, [])])
             OmegaConf.to_container(cfg, resolve=True)
 
 

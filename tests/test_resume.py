@@ -135,7 +135,7 @@ def test_slurm_launcher_config_composes_and_a_mismatched_allocation_is_refused_b
     from mavos.training.sweep import check_slurm_allocation
 
     register_resolvers()
-    slurm = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "paths.root_dir=/tmp/x"]
+    slurm = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"paths.root_dir={tmp_path}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*slurm, "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=4",
                                           "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4"],
@@ -143,7 +143,7 @@ def test_slurm_launcher_config_composes_and_a_mismatched_allocation_is_refused_b
         default = compose("train", overrides=slurm, return_hydra_config=True)
         mismatched = compose("train", overrides=[*slurm, "hydra.launcher.gpus_per_node=4", "trainer=ddp",
                                                  "trainer.devices=2"], return_hydra_config=True)
-        local = compose("train", overrides=["trainer=ddp", "paths.root_dir=/tmp/x"], return_hydra_config=True)
+        local = compose("train", overrides=["trainer=ddp", f"paths.root_dir={tmp_path}"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (2, 4, 4, "gpu")
