@@ -369,3 +369,25 @@ def test_the_predictor_says_when_a_mask_cannot_be_used_and_16_bit_frames_are_ref
         session.add_objects(deep, mask)
     with pytest.raises(ValueError, match="torch.uint16 .*integer frames are 0-255"):
         session.add_objects(torch.from_numpy(deep.astype(np.int32)).to(torch.uint16), mask)
+
+
+def test_frames_holding_nan_or_infinity_are_refused_naming_the_frame(net):
+    """A NaN pixel makes every later probability NaN (and the masks arbitrary) without a word: arrays are checked
+    on every frame, tensors on the first (reading a GPU tensor's values each frame would stall the step)."""
+    vid = [f.astype(np.float32) / 255.0 for f in frames(3, h=33, w=49)]
+    mask = _squares([(1, (10, 10))], h=33, w=49)
+    for bad_value in (np.nan, np.inf):
+        first = vid[0].copy()
+        first[5, 7, 1] = bad_value
+        with pytest.raises(ValueError, match="frame 0 holds NaN or infinite values"):
+            InferenceSession(net).add_objects(first, mask)
+        with pytest.raises(ValueError, match="frame 0 holds NaN or infinite values"):
+            InferenceSession(net).add_objects(torch.from_numpy(first), mask)
+    session = InferenceSession(net)
+    session.add_objects(vid[0], mask)
+    session.step(vid[1])
+    later = vid[2].copy()
+    later[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="frame 2 holds NaN or infinite values"):
+        session.step(later)
+    assert torch.isfinite(session.step(vid[2])).all()  # the session goes on with a good frame

@@ -111,7 +111,8 @@ class InferenceSession:
         ``F.interpolate(mode="bicubic")``: a decoder may hand over frames already on the GPU);
       - other integer arrays or tensors: 0-255, as uint8;
       - float arrays or tensors: 0-1, or 0-255 when the video's first frame has a value above 1 (decided once
-        per video, so that a dark frame later on is not rescaled).
+        per video, so that a dark frame later on is not rescaled); NaN or infinity is refused (arrays: every
+        frame; tensors: the first frame, as reading a GPU tensor's values would stall every step).
     mask: (H, W) integer object ids, numpy or torch: 0 background, 1-254 objects, 255 DAVIS's void (not an
       object: ignored, with one warning). Ids need not be contiguous (YouTube-VOS's object 1 may enter after
       object 2): the network sees the objects numbered 1..n in order of first appearance, as in the official
@@ -208,8 +209,8 @@ class InferenceSession:
                                  f"frame / 65535 as floats, or frame >> 8 as uint8")
             self._set_frame_size(*frame.shape[:2])
             x = frame.to(self.device, non_blocking=True).permute(2, 0, 1)[None]
-            if frame.is_floating_point():
-                x = x.float() / self._video_float_range(lambda: float(x.max()))  # read on the first frame only
+            if frame.is_floating_point():  # range and finiteness read on the first frame only (a host sync)
+                x = x.float() / self._video_float_range(lambda: [float(v) for v in torch.aminmax(x)])
             else:
                 x = x.float() / 255.0
             if self.input_size != self.frame_size:
@@ -222,7 +223,10 @@ class InferenceSession:
                 raise ValueError(f"frame is {arr.dtype} with values up to {int(arr.max())}: integer frames are "
                                  f"0-255 (uint8); pass 16-bit frames as floats (frame / 65535) or frame >> 8")
             self._set_frame_size(*arr.shape[:2])
-            scale = 255.0 / self._video_float_range(lambda: float(arr.max())) if arr.dtype.kind == "f" else 1.0
+            if arr.dtype.kind == "f" and self._float_range is not None and not np.isfinite(arr).all():
+                raise self._not_finite()  # host memory: checked on every frame (the first one below)
+            scale = (255.0 / self._video_float_range(lambda: [float(arr.min()), float(arr.max())])
+                     if arr.dtype.kind == "f" else 1.0)
             arr = arr.astype(np.float32) * scale
             ih, iw = self.input_size
             if (ih, iw) != self.frame_size:
@@ -237,11 +241,19 @@ class InferenceSession:
             x = x.as_strided(x.shape, (x[0].numel(), *x.stride()[1:]))
         return torch.cat([x, x.flip(-1)]) if self.flip else x
 
-    def _video_float_range(self, maximum) -> float:
-        """1 or 255: the scale of this video's float frames, from the first one's ``maximum()``."""
+    def _video_float_range(self, extremes) -> float:
+        """1 or 255: the scale of this video's float frames, from the first one's ``extremes()`` (min, max);
+        a first frame holding NaN or infinity is refused (every later output would be NaN)."""
         if self._float_range is None:
-            self._float_range = 255.0 if maximum() > 1.0 else 1.0
+            low, high = extremes()
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise self._not_finite()
+            self._float_range = 255.0 if high > 1.0 else 1.0
         return self._float_range
+
+    def _not_finite(self) -> ValueError:
+        return ValueError(f"frame {self.frame_index + 1} holds NaN or infinite values: float frames are 0-1 or "
+                          f"0-255")
 
     def _mask_tensor(self, mask) -> torch.Tensor:
         """A given mask as the network's ids (objects numbered 1.. in order of first appearance; new ids are
