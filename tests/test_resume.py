@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import time
@@ -263,3 +264,24 @@ def test_a_new_preemption_checkpoint_removes_the_ones_it_supersedes(tmp_path):
     assert sorted(p.name for p in run.glob("hpc_ckpt_*.ckpt")) == ["hpc_ckpt_11.ckpt"]
     assert torch.load(run / "hpc_ckpt_11.ckpt")["step"] == 7 and (run / "checkpoints" / "last.ckpt").is_file()
     assert (other / "hpc_ckpt_1.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_a_named_multirun_lives_in_its_own_folder_and_ckpt_path_last_resumes_each_job_there(tmp_path: Path):
+    """``run_name=`` names a multirun's folder too (``multiruns/<name>/<job>``): resuming the sweep is the same
+    command with ``ckpt_path=last``, each job from its own subfolder, without looking up a time stamp."""
+    args = ["-m", *TINY_SYNTHETIC, *SMALL_CLIPS, "trainer.val_check_interval=2", "data.val_videos=0", "logger=csv",
+            "run_name=sweep1", "model.lr=1e-4,2e-4"]
+    _ok(run_script("train.py", *args, "trainer.max_steps=2", cwd=tmp_path))
+    sweep = tmp_path / "logs/train/multiruns/sweep1"
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1"]
+    for job in ("0", "1"):
+        assert checkpoint_state(sweep / job / "checkpoints/last.ckpt")["global_step"] == 2
+    _ok(run_script("train.py", *args, "trainer.max_steps=4", "ckpt_path=last", cwd=tmp_path))
+    assert sorted(p.name for p in (tmp_path / "logs/train/multiruns").iterdir()) == ["sweep1"]  # no new sweep
+    for job in ("0", "1"):
+        assert checkpoint_state(sweep / job / "checkpoints/last.ckpt")["global_step"] == 4
+    # without a name: a time-stamped folder, as Hydra's default
+    _ok(run_script("train.py", *args[:-2], "model.lr=1e-4", "trainer.max_steps=1", cwd=tmp_path))
+    stamped = [p.name for p in (tmp_path / "logs/train/multiruns").iterdir() if p.name != "sweep1"]
+    assert len(stamped) == 1 and re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", stamped[0])

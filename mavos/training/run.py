@@ -67,7 +67,7 @@ def resolve_resume(ckpt_path: str | None, output_dir: str | Path, runs_dir: str 
                         + (f", and every run under {runs_dir}" if found is None else ""))
             raise CheckpointError(f"ckpt_path=last: no checkpoint to resume from (searched {searched}); start a new "
                                   f"run without ckpt_path, or name the run to resume with run_name=<name> (in a "
-                                  f"multirun: hydra.sweep.dir=<its sweep folder>)")
+                                  f"multirun: run_name=<its name>, or hydra.sweep.dir=<its sweep folder>)")
         return str(path)
     path = Path(ckpt_path)
     if not path.is_file():
