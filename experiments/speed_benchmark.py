@@ -578,7 +578,7 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
     import torch
 
     from mavos.evaluation import evaluator
-    from mavos.inference import host_memory
+    from mavos.inference import denormals, host_memory
 
     rows = run["rows"]
     timed = [r for r in rows if r["timed"]]
@@ -615,6 +615,9 @@ def summarise(run: dict, args, device, gap: int, warmup: int, peak: float) -> di
         "torch": torch.__version__, "rows": rows,
         # glibc keeping freed memory for reuse (a CPU session sets it process-wide: mavos/inference/host_memory.py)
         "host_memory": host_memory.outcome(),
+        # denormal floats flushed on the thread that ran the frames and its OpenMP team (a CPU session does it:
+        # mavos/inference/denormals.py; a contender from an older checkout runs on the same, flushed, thread)
+        "denormals": denormals.outcome() if device.type == "cpu" else None,
         "page_faults_regular": statistics.median(faults) if faults else None,
         # why a compiled run ran eagerly after all (a compiler failure falls back with a warning, not an error)
         "fell_back": (getattr(run["session"].step_functions, "disabled", None)
@@ -630,6 +633,12 @@ def host_memory_note(outcome: str | None) -> str:
     if outcome is None:
         return ""
     return ", freed host memory " + ("kept for reuse" if outcome == "kept" else f"returned ({outcome})")
+
+
+def denormals_note(outcome: str | None) -> str:
+    if outcome is None:
+        return ""
+    return ", denormals flushed to zero" if outcome == "flushed" else f", denormals {outcome}"
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -746,7 +755,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     r = results[-1]
     print(f"{r['model']} ({r['memory']}) {r['size']} {r['precision']}{' compiled' if r['compile'] else ''} on "
           f"{r['device_name']}, {r['threads']} threads, gap {r['gap']}, {r['frames']} timed frames after "
-          f"{r['warmup']}, torch {r['torch']}" + host_memory_note(r["host_memory"]))
+          f"{r['warmup']}, torch {r['torch']}" + host_memory_note(r["host_memory"]) + denormals_note(r["denormals"]))
     for res in results:
         print(f"{res['label']:>5}: {summary_line(res)}")
     for other in results[1:]:

@@ -268,3 +268,31 @@ def test_memory_scaling_counts_from_the_first_write_after_a_warm_up(tmp_path, ca
     assert {tokens["mca"][f] for f in range(2, 7)} == {2 * reference}  # ... then two, for good
     assert [tokens["bank"][f] for f in range(1, 7)] == [reference * (1 + f // 2) for f in range(1, 7)]
     assert "first and last tenth of frames 2-6" in capsys.readouterr().out
+
+
+def test_denormal_attention_measures_both_ways_and_counts_denormal_weights_by_their_bits():
+    """denormal_attention.py on a tiny frame: both parts report a time computed and flushed; its share of denormal
+    weights counts exactly the floats between 0 and 2^-126 (made from bits here, not from arithmetic that a
+    flushing thread would zero), and scaled attention makes some where unscaled random weights make none."""
+    import torch
+
+    from tests.conftest import run_python
+
+    spec = importlib.util.spec_from_file_location("denormal_attention", ROOT / "experiments" / "denormal_attention.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    bits = torch.tensor([0, 1, 1 << 22, (1 << 23) - 1, 1 << 23, 0x3F800000, -0x7FFFFFFF - 1, -0x7FFFFFFF],
+                        dtype=torch.int32)  # 0, 2^-149, 2^-127, 2^-126 - 2^-149, 2^-126, 1, -0, -(2^-149)
+    assert module.denormal_share(bits.view(torch.float32)) == pytest.approx(4 / 8)
+
+    tiny = ["--size", "97x97", "--frames", "1", "--blocks", "1", "--gap", "2", "--repeats", "1"]
+    shares = {}
+    for sharpen in ("1", "100"):
+        proc = run_python([str(ROOT / "experiments" / "denormal_attention.py"), *tiny, "--sharpen", sharpen], cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = proc.stdout
+        assert "ms computed" in out and "ms flushed" in out and "median regular frame" in out
+        line = next(l for l in out.splitlines() if "denormal weights per attention" in l)
+        shares[sharpen] = [float(p.rstrip("%,")) for p in line.split("one frame ")[1].split()]
+        assert len(shares[sharpen]) == 6  # long-term and self-attention of the three layers
+    assert max(shares["1"]) == 0.0 and max(shares["100"]) > 0.0

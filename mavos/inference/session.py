@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mavos.inference.denormals import flush_denormals
 from mavos.inference.host_memory import keep_freed_memory
 from mavos.inference.step import CompiledFrameStep, FrameLayout, FrameStep, group_one_hots
 from mavos.inference.tracker import ObjectTracker, one_hot_mask
@@ -127,7 +128,8 @@ class InferenceSession:
     tf32: TF32 for float32 work on CUDA (true), strict float32 (false), torch's defaults (null); see ``set_tf32``:
       process-wide, so give every session of a process the same value.
     On the CPU a session keeps the process's freed memory for reuse (``host_memory.keep_freed_memory``: glibc's
-    mmap and trim thresholds raised, once per process, unless the allocator is the user's own choice).
+    mmap and trim thresholds raised, once per process, unless the allocator is the user's own choice), and flushes
+    denormal floats to zero on the threads that step it (``denormals.flush_denormals``: values below 1.2e-38).
 
     ``add_objects``, ``step`` and ``warm_up`` run under ``torch.inference_mode`` whatever the caller's mode, so
     that what ``warm_up`` compiles and records serves the video: dynamo guards the mode, and a CUDA graph's
@@ -241,6 +243,13 @@ class InferenceSession:
             x = x.as_strided(x.shape, (x[0].numel(), *x.stride()[1:]))
         return torch.cat([x, x.flip(-1)]) if self.flip else x
 
+    def _flush_denormals(self) -> None:
+        """On the CPU, denormal floats flushed to zero on the thread that steps this session and its OpenMP team
+        (``denormals.py``: a sharp attention's tiny weights would otherwise slow its matmuls many times over);
+        once per thread, a thread-local lookup after that."""
+        if self.device.type == "cpu":
+            flush_denormals()
+
     def _video_float_range(self, extremes) -> float:
         """1 or 255: the scale of this video's float frames, from the first one's ``extremes()`` (min, max);
         a first frame holding NaN or infinity is refused (every later output would be NaN)."""
@@ -324,6 +333,7 @@ class InferenceSession:
         """Start the video (or restart its memory) from a frame with its object mask."""
         if self.num_objects:
             raise RuntimeError("objects already added; pass later masks to step(frame, mask)")
+        self._flush_denormals()
         inputs = self._to_input(frame)
         label = self._mask_tensor(mask)
         self.num_objects = len(self.object_ids)
@@ -342,6 +352,7 @@ class InferenceSession:
             if mask is None:
                 raise RuntimeError("call add_objects(frame, mask) with the first mask before step()")
             return self.add_objects(frame, mask)
+        self._flush_denormals()
         inputs = self._to_input(frame)
         new = self._mask_tensor(mask) if mask is not None else None
         self.frame_index += 1
