@@ -268,7 +268,8 @@ class InferenceSession:
         """A given mask as the network's ids (objects numbered 1.. in order of first appearance; new ids are
         added to ``object_ids``), on the device. Masks come with the first frame and with frames that add
         objects, never on the per-frame path, so reading their ids on the host costs no frame a sync."""
-        m = torch.as_tensor(np.ascontiguousarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+        # a copy of an array (small, once per mask): torch warns about read-only ones (np.asarray of a PIL image)
+        m = mask if isinstance(mask, torch.Tensor) else torch.tensor(np.ascontiguousarray(mask))
         if m.dtype == torch.bool:  # a boolean mask (SAM2-style): one object
             m = m.to(torch.uint8)
         if m.is_floating_point() or m.is_complex():
