@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The open questions of issue 11 on one CUDA GPU, in calls of under 10 minutes each (most wanted first):
-#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32mm|freeze|fp32|graphs|main|swinb]
+#   [COMPARE_WITH=DIR] bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32mm|freeze|fp32both|fp32|graphs|main|swinb]
 # eval (~7 minutes at most; the default): the CUDA tests of the session's own graphs (the compiled step equals
 #   eager in float32; graphs recorded by warm_up's rehearsal serve the video after it, stepped under
 #   torch.inference_mode, and the next session's video, which record none: on 2026-11-27 the first video recorded
@@ -19,6 +19,8 @@
 # freeze (~9 minutes at most): the same strict fp32 step with inductor freezing the weights into the compiled code
 #   (--inductor freezing=True: constants, folded; what a CPU session does by itself, 0.92-0.94x the eager time
 #   on a 2-core Xeon on 2026-11-28) beside the defaults in one process, with the kernel profile of the first.
+# fp32both (~9 minutes at most): both of the above at once (weights frozen and 1x1 convolutions as matmuls) beside
+#   the defaults: one call that says whether the two together reach 150 FPS, where the device time allows one.
 # fp32 (~8 minutes at most): the same CUDA tests, then MobileNetV2's compiled step in strict fp32 (TF32 off) at
 #   480p over 1000 frames (150 FPS? 138.7 on 2026-11-27 on the session's own graphs, 133 on 2026-11-26 with
 #   torch.compile's), given the time its compiling takes (over 120 s).
@@ -41,12 +43,12 @@
 # with --max-seconds (it then prints the summary of the frames timed so far) and has a `timeout` as the
 # backstop. Logs land in OUT_DIR/probe_PART.log, per-frame curves in OUT_DIR/runs.
 set -u
-OUT_DIR=${1:?usage: bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32mm|freeze|fp32|graphs|main|swinb]}
+OUT_DIR=${1:?usage: bash experiments/gpu_probe.sh OUT_DIR [eval|eval480|fp32mm|freeze|fp32both|fp32|graphs|main|swinb]}
 PART=${2:-eval}
 PY=${PYTHON:-python3}
 WORK=${TMPDIR:-/tmp}/mavos_gpu_probe
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled PYTHONWARNINGS=ignore
-case "$PART" in eval|eval480|fp32mm|freeze|fp32|graphs|main|swinb) ;; *) echo "gpu_probe.sh: PART must be eval, eval480, fp32mm, freeze, fp32, graphs, main or swinb, not '$PART'" >&2; exit 2;; esac
+case "$PART" in eval|eval480|fp32mm|freeze|fp32both|fp32|graphs|main|swinb) ;; *) echo "gpu_probe.sh: PART must be eval, eval480, fp32mm, freeze, fp32both, fp32, graphs, main or swinb, not '$PART'" >&2; exit 2;; esac
 if { [ "$PART" = swinb ] || [ "$PART" = graphs ]; } && [ -z "${COMPARE_WITH:-}" ]; then
   echo "gpu_probe.sh $PART: set COMPARE_WITH to an older checkout (see the header)" >&2; exit 2
 fi
@@ -64,9 +66,10 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
     timeout 180 $PY -m pytest -q -s -p no:cacheprovider -p no:logging tests/test_cuda.py \
       -k "compiled_step or session_to_session" 2>&1 | grep -E "^E |passed|failed|vs eager|Error" | head -n 30
   fi
-  if [ "$PART" = fp32mm ] || [ "$PART" = freeze ]; then
+  if [ "$PART" = fp32mm ] || [ "$PART" = freeze ] || [ "$PART" = fp32both ]; then
     if [ "$PART" = fp32mm ]; then SETTING=conv_1x1_as_mm=True; WHAT="1x1 convolutions as matmuls"
-    else SETTING=freezing=True; WHAT="weights frozen"; fi
+    elif [ "$PART" = freeze ]; then SETTING=freezing=True; WHAT="weights frozen"
+    else SETTING="freezing=True --inductor conv_1x1_as_mm=True"; WHAT="weights frozen, 1x1 convolutions as matmuls"; fi
     step "MobileNetV2 compiled strict fp32 (TF32 off) 480p: $WHAT (new) beside the defaults (old)"
     timeout 550 $SB --model mavos_mbv2 --precision fp32 --max-seconds 530 --profile 10 --compare-with . \
       --inductor $SETTING 2>&1 | keep | head -n 50
