@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mavos.model.layers import DepthwiseConv2d, attention, map_to_tokens, silu, tokens_to_map
+from mavos.model.layers import DepthwiseConv2d, attention, in_place, map_to_tokens, silu, tokens_to_map
 
 
 class DepthwiseConv(nn.Module):
@@ -74,7 +74,8 @@ class GatedAttention(nn.Module):
             q = k = self.linear_qk(q)
             v = self._pair(v, self.linear_v1, self.linear_v2)
             u = self._pair(u, self.linear_u1, self.linear_u2)
-        out = self.attend(q, k, v, size) * u
+        out = self.attend(q, k, v, size)  # a new tensor: gated in place without autograd
+        out = out.mul_(u) if in_place() else out * u
         return self.projection(self.dw_conv(out, size))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mavos.model.layers import ConvGroupNorm
+from mavos.model.layers import ConvGroupNorm, in_place
 
 
 class FPNDecoder(nn.Module):
@@ -32,10 +32,11 @@ class FPNDecoder(nn.Module):
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         """x: (B, in_dim, h16, w16); skips: maps at strides 4, 8, 16. Returns logits at stride 4."""
         s4, s8, s16 = skips[:3]
-        x = F.relu(self.conv_in(x))
-        x = F.relu(self.conv_16x(self.adapter_16x(s16) + x))
+        inplace = in_place()  # every activation's input is a new tensor
+        x = F.relu(self.conv_in(x), inplace=inplace)
+        x = F.relu(self.conv_16x(self.adapter_16x(s16) + x), inplace=inplace)
         x = self._up(x, s8)
-        x = F.relu(self.conv_8x(self.adapter_8x(s8) + x))
+        x = F.relu(self.conv_8x(self.adapter_8x(s8) + x), inplace=inplace)
         x = self._up(x, s4)
-        x = F.relu(self.conv_4x(self.adapter_4x(s4) + x))
+        x = F.relu(self.conv_4x(self.adapter_4x(s4) + x), inplace=inplace)
         return self.conv_out(x)
