@@ -281,6 +281,12 @@ def test_a_named_multirun_lives_in_its_own_folder_and_ckpt_path_last_resumes_eac
     assert sorted(p.name for p in (tmp_path / "logs/train/multiruns").iterdir()) == ["sweep1"]  # no new sweep
     for job in ("0", "1"):
         assert checkpoint_state(sweep / job / "checkpoints/last.ckpt")["global_step"] == 4
+    # the name reused by a one-job sweep: its summary lists that job, not job 1 of the sweep before
+    _ok(run_script("train.py", *args[:-1], "model.lr=3e-4", "trainer.max_steps=1", cwd=tmp_path))
+    summary = (sweep / "summary.csv").read_text().splitlines()
+    assert len(summary) == 2 and "model.lr=0.0003" in summary[1]  # header and the one job (Hydra writes the float)
+    assert checkpoint_state(sweep / "0/checkpoints/last.ckpt")["global_step"] == 1  # the new run's, what last resumes
+    assert not list((sweep / "0/checkpoints").glob("last-v*.ckpt"))
     # without a name: a time-stamped folder, as Hydra's default
     _ok(run_script("train.py", *args[:-2], "model.lr=1e-4", "trainer.max_steps=1", cwd=tmp_path))
     stamped = [p.name for p in (tmp_path / "logs/train/multiruns").iterdir() if p.name != "sweep1"]

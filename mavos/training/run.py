@@ -217,7 +217,9 @@ def check_validation(datamodule, protocol: str) -> None:
 
 def checkpoint_without_validation(cfg: DictConfig) -> None:
     """No validation (``data.val_videos=0``): keep the newest checkpoints every ``val_check_interval`` steps
-    instead of the best by val/J&F (nothing would be logged to choose by); each of them refreshes last.ckpt."""
+    instead of the best by val/J&F (nothing would be logged to choose by); each of them refreshes last.ckpt,
+    overwriting one an earlier run left in the folder (Lightning would write ``last-v1.ckpt`` beside it, which
+    ``ckpt_path=last`` does not read), as the last-checkpoint callback with validation does."""
     callbacks = cfg.get("callbacks") or {}
     node = callbacks.get("model_checkpoint")
     if node is None or not str(node.get("monitor") or "").startswith("val/"):
@@ -225,7 +227,7 @@ def checkpoint_without_validation(cfg: DictConfig) -> None:
     every = int(cfg.trainer.get("val_check_interval") or 1000)
     with open_dict(cfg):
         node.monitor, node.mode, node.filename = "step", "max", "step_{step:06d}"
-        node.every_n_train_steps, node.save_last = every, True
+        node.every_n_train_steps, node.save_last, node.enable_version_counter = every, True, False
         callbacks.last_checkpoint = None
     log.info("no validation: a checkpoint every %d steps (trainer.val_check_interval), the %s newest kept",
              every, node.get("save_top_k"))

@@ -26,9 +26,27 @@ log = logging.getLogger(__name__)
 COLUMNS = ("job", "overrides", "val/J&F", "val/fps", "global_step", "checkpoint")
 
 
-def collect_job_summaries(sweep_dir: Path) -> list[dict]:
+def job_summary_files(sweep_dir: Path) -> dict[Path, tuple[int, int]]:
+    """Every job's ``job_summary.json`` under a sweep folder, with what identifies that version of the file (its
+    inode, which each atomic rewrite changes, and modification time)."""
+    found = {}
+    for path in sorted(Path(sweep_dir).glob("*/job_summary.json")):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        found[path] = (stat.st_ino, stat.st_mtime_ns)
+    return found
+
+
+def collect_job_summaries(sweep_dir: Path, before: dict[Path, tuple[int, int]] | None = None) -> list[dict]:
+    """The rows of a sweep's summary; with ``before`` (``job_summary_files`` when the multirun started), only the
+    jobs this multirun wrote: a named sweep folder reused by a smaller sweep keeps the older jobs' files, which
+    are not this sweep's results."""
     rows = []
-    for path in sorted(sweep_dir.glob("*/job_summary.json")):
+    for path, version in job_summary_files(sweep_dir).items():
+        if before is not None and before.get(path) == version:
+            continue
         try:
             data = json.loads(path.read_text())
         except ValueError:
@@ -41,9 +59,9 @@ def collect_job_summaries(sweep_dir: Path) -> list[dict]:
     return rows
 
 
-def write_sweep_summary(sweep_dir: str | Path) -> Path | None:
+def write_sweep_summary(sweep_dir: str | Path, before: dict[Path, tuple[int, int]] | None = None) -> Path | None:
     sweep_dir = Path(sweep_dir)
-    rows = collect_job_summaries(sweep_dir)
+    rows = collect_job_summaries(sweep_dir, before)
     if not rows:
         return None
     buf = io.StringIO()
@@ -58,8 +76,15 @@ def write_sweep_summary(sweep_dir: str | Path) -> Path | None:
 
 
 class SweepSummary(Callback):
+    def __init__(self) -> None:
+        self.before: dict[Path, tuple[int, int]] | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # a named sweep's folder may hold an earlier multirun's jobs (run_name=, or hydra.sweep.dir reused)
+        self.before = job_summary_files(Path(config.hydra.sweep.dir))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        path = write_sweep_summary(config.hydra.sweep.dir)
+        path = write_sweep_summary(config.hydra.sweep.dir, self.before)
         if path is not None:
             print(f"sweep summary ({path}):\n{path.read_text()}", flush=True)
 
