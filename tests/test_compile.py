@@ -466,3 +466,30 @@ def test_growing_memory_is_not_compiled():
     for f in vid[1:]:
         assert session.step(f).shape == (2, 33, 33)
     assert session.step_functions.compiled.functions == {}
+
+
+def test_the_predictor_compiles_the_object_groups_of_its_masks_before_the_video(net, video, monkeypatch):
+    """VideoPredictor with compile: objects that enter later and make a second group of the 10-object ID bank
+    (5 first, 12 in all) were compiled in the middle of the video: the predictor knows every mask up front and
+    warms up before the first frame, and the warm-up rehearses the entering too (until the new group's first
+    memory write its memory is younger than the first group's: a shape the all-at-once rehearsals never make)."""
+    from torch._dynamo.utils import counters
+
+    from mavos.inference.predictor import VideoPredictor, object_counts
+
+    vid, _ = video
+    first = np.zeros((SIZE, SIZE), dtype=np.int64)
+    later = np.zeros((SIZE, SIZE), dtype=np.int64)
+    for k in range(12):
+        (first if k < 5 else later)[10:50, 2 + 5 * k: 6 + 5 * k] = k + 1
+    assert object_counts({0: first, 3: later}) == (5, 12)
+    assert object_counts({2: torch.from_numpy(later), 0: np.where(first == 1, 255, first)}) == (4, 11)
+    step = graphed_step(net)
+    monkeypatch.setattr(CompiledFrameStep, "shared", staticmethod(lambda *args, **kwargs: step))
+    predictor = VideoPredictor(net, device="cpu", long_term_gap=GAP, compile=True)
+    graphs = None
+    for index, mask in predictor.propagate(vid[:8], {0: first, 3: later}):
+        if index == 0:
+            graphs = counters["stats"]["unique_graphs"]
+    assert set(np.unique(mask)) <= set(range(13)) and counters["stats"]["unique_graphs"] == graphs
+    assert len(step.warmed) == 3  # one group, two groups, and the second entering after the first

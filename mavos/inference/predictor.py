@@ -17,6 +17,15 @@ from mavos.inference.session import InferenceSession
 from mavos.model.vos import VOSNetwork
 
 
+def object_counts(masks: dict[int, np.ndarray]) -> tuple[int, int]:
+    """Objects in the first given mask, and in all of them together (ids 1-254: 0 is background, 255 void)."""
+    def ids(mask) -> set[int]:
+        values = np.unique(mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask))
+        return {int(v) for v in values if 0 < v < 255}
+    first = ids(masks[min(masks)])
+    return len(first), len(first.union(*(ids(m) for m in masks.values())))
+
+
 class VideoPredictor:
     def __init__(self, net: VOSNetwork, device: torch.device | str | None = None, **session_kwargs):
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -47,6 +56,8 @@ class VideoPredictor:
             if i < start:
                 continue
             if i == start:
+                if session.compile:  # every object-group shape the given masks make, compiled before the video
+                    session.warm_up(tuple(frame.shape[:2]), object_counts(masks))
                 session.add_objects(frame, masks[i])
             else:
                 session.step(frame, masks.get(i))

@@ -388,7 +388,8 @@ class InferenceSession:
         1-3; compiled with CUDA graphs), the frame with a full memory 12 times and the memory write 4 times
         (frames 6, 9, 12, 15): each at least three times, enough for CUDA graphs to be recorded and replayed.
         ``num_objects``: the video's object count, or the counts it will have (objects that enter later):
-        more objects than the ID bank holds make more groups, another compiled shape, rehearsed here too.
+        more objects than the ID bank holds make more groups, another compiled shape, rehearsed here too, and
+        so are objects entering later in a group of their own (from one count to the next, at frame 7).
         Once per inference size, precision and group count (the compiled step is shared); nothing to do eagerly."""
         step = self.step_functions
         if not self.compile or not isinstance(step, CompiledFrameStep) or step.disabled:
@@ -396,15 +397,28 @@ class InferenceSession:
         h, w = frame_size
         size = inference_size(h, w, self.max_long_edge, self.max_short_edge, self.net.size_multiple)
         counts = (num_objects,) if isinstance(num_objects, int) else tuple(num_objects)
-        for count in sorted({max(1, int(c)) for c in counts}):
+        counts = sorted({max(1, int(c)) for c in counts})
+        for count in counts:
             key = (size, self.amp_dtype, self.flip, self._compiled_group_sizes(count))
             if key in step.warmed:
                 continue
             self._rehearse(step, h, w, count)
             step.warmed.add(key)
+        # objects entering later in a group of their own: until that group's first memory write its memory is
+        # younger than the first group's, a combination of memory sizes the rehearsals above never make
+        for before, after in zip(counts, counts[1:]):
+            if len(self._group_sizes(after)) == len(self._group_sizes(before)):
+                continue
+            key = (size, self.amp_dtype, self.flip, (self._compiled_group_sizes(before),
+                                                      self._compiled_group_sizes(after)))
+            if key in step.warmed:
+                continue
+            self._rehearse(step, h, w, before, entering=after - before)
+            step.warmed.add(key)
 
-    def _rehearse(self, step: CompiledFrameStep, h: int, w: int, count: int) -> None:
-        """``warm_up``'s throwaway session: 16 random frames, ``count`` objects (side by side stripes)."""
+    def _rehearse(self, step: CompiledFrameStep, h: int, w: int, count: int, entering: int = 0) -> None:
+        """``warm_up``'s throwaway session: 16 random frames, ``count`` objects (side by side stripes), and
+        ``entering`` more at frame 7 (below them), after the first memory is full (writes at frames 3 and 6)."""
         rehearsal = InferenceSession(self.net, long_term_gap=3, max_long_edge=self.max_long_edge,
                                      max_short_edge=self.max_short_edge, flip=self.flip, amp=self.amp,
                                      device=self.device)
@@ -415,8 +429,12 @@ class InferenceSession:
         columns = torch.arange(w, device=self.device) * count // w + 1  # objects 1..count across the width
         mask[h // 4: 3 * h // 4] = columns
         rehearsal.add_objects(frames[0], mask)
-        for frame in frames[1:]:
-            rehearsal.step(frame)
+        later = None
+        if entering:
+            later = torch.zeros_like(mask)
+            later[3 * h // 4:] = torch.arange(w, device=self.device) * entering // w + count + 1
+        for t, frame in enumerate(frames[1:], start=1):
+            rehearsal.step(frame, later if t == 7 else None)
 
     def memory_bytes(self) -> int:
         """Bytes of the long-term memory that every object group of every view reads (each storage once)."""
