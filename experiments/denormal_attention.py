@@ -9,13 +9,20 @@
    weight, a trained network's can spread wider), over random frames: the median regular frame (no memory write),
    in alternating blocks with denormals computed and flushed on the stepping thread and its OpenMP team, and the
    share of denormal weights in each long-term and self-attention on one frame.
+3. The same weights x values product as an ONNX graph (softmax(scores) @ values) in onnxruntime, each way in a
+   fresh interpreter: with its defaults and with ``session.set_denormal_as_zero`` (what the README's example of
+   running an exported model sets).
 Random weights and frames: speeds, not scores.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,6 +59,54 @@ def matmul_part(spread: float, repeats: int) -> None:
     flushed = median_ms(lambda: torch.bmm(weights, values), repeats)
     print(f"weights x values [1,1674,3348] x [1,3348,1024], softmax of randn*{spread:g} ({100 * share:.1f}% of the "
           f"weights denormal): {computed:.1f} ms computed, {flushed:.1f} ms flushed ({computed / flushed:.1f}x)")
+
+
+ONNXRUNTIME_TIMING = r"""
+import sys, time
+import numpy as np, onnxruntime as ort
+path, flag, repeats, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+options = ort.SessionOptions()
+options.intra_op_num_threads = threads
+options.add_session_config_entry("session.set_denormal_as_zero", flag)
+session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+feeds = {"scores": np.load(path + ".scores.npy"), "values": np.load(path + ".values.npy")}
+session.run(None, feeds)
+times = []
+for _ in range(repeats):
+    start = time.perf_counter()
+    session.run(None, feeds)
+    times.append((time.perf_counter() - start) * 1e3)
+print(sorted(times)[len(times) // 2])
+"""
+
+
+class WeightsTimesValues(torch.nn.Module):
+    def forward(self, scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(scores, -1) @ values
+
+
+def onnxruntime_part(spread: float, repeats: int, threads: int) -> None:
+    try:
+        import onnxruntime
+    except ImportError:
+        print("onnxruntime part: onnxruntime is not installed")
+        return
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(1, 1674, 3348, generator=gen) * spread
+    values = torch.randn(1, 3348, 1024, generator=gen)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "weights_times_values.onnx")
+        torch.onnx.export(WeightsTimesValues(), (scores, values), path, input_names=["scores", "values"],
+                          output_names=["out"], dynamo=True, external_data=False, verbose=False)
+        np.save(path + ".scores.npy", scores.numpy())
+        np.save(path + ".values.npy", values.numpy())
+        ms = {}
+        for flag in ("0", "1"):  # a fresh interpreter each: the setting stays with the threads that ran
+            proc = subprocess.run([sys.executable, "-c", ONNXRUNTIME_TIMING, path, flag, str(repeats), str(threads)],
+                                  capture_output=True, text=True, check=True)
+            ms[flag] = float(proc.stdout.split()[-1])
+    print(f"onnxruntime {onnxruntime.__version__}, the same product as an ONNX graph: {ms['0']:.1f} ms with its "
+          f"defaults, {ms['1']:.1f} ms with session.set_denormal_as_zero ({ms['0'] / ms['1']:.1f}x)")
 
 
 def session_part(model: str, size: tuple[int, int], sharpen: float, frames: int, blocks: int, gap: int) -> None:
@@ -129,6 +184,7 @@ def main() -> None:
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     matmul_part(args.spread, repeats=args.repeats)
     session_part(args.model, (h, w), args.sharpen, args.frames, args.blocks, args.gap)
+    onnxruntime_part(args.spread, args.repeats, args.threads)
 
 
 if __name__ == "__main__":
