@@ -20,6 +20,7 @@ beyond the calling thread.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import sys
 import threading
@@ -30,19 +31,11 @@ log = logging.getLogger(__name__)
 
 OPENMP_RUNTIMES = ("libgomp", "libiomp5", "libomp")
 _done = threading.local()  # .outcome: what flush_denormals did on this thread
-_lock = threading.Lock()
-_runtime: list = []  # [the OpenMP library, or None], found once
 
 
+@functools.cache
 def openmp_runtime():
-    """The OpenMP runtime this process loaded (torch's), or None (not Linux, or none loaded)."""
-    with _lock:
-        if not _runtime:
-            _runtime.append(_find_openmp_runtime())
-        return _runtime[0]
-
-
-def _find_openmp_runtime():
+    """The OpenMP runtime this process loaded (torch's), or None (not Linux, or none loaded); looked up once."""
     if not sys.platform.startswith("linux"):
         return None
     try:

@@ -13,17 +13,15 @@ import numpy as np
 import torch
 
 from mavos.checkpoints.loading import load_network
+from mavos.data.listing import first_appearances
 from mavos.inference.session import InferenceSession
 from mavos.model.vos import VOSNetwork
 
 
 def object_counts(masks: dict[int, np.ndarray]) -> tuple[int, int]:
-    """Objects in the first given mask, and in all of them together (ids 1-254: 0 is background, 255 void)."""
-    def ids(mask) -> set[int]:
-        values = np.unique(mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask))
-        return {int(v) for v in values if 0 < v < 255}
-    first = ids(masks[min(masks)])
-    return len(first), len(first.union(*(ids(m) for m in masks.values())))
+    """Objects in the first given mask, and in all of them together (``first_appearances``' rule: ids 1-254)."""
+    first = first_appearances(masks, read=lambda m: m.cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m))
+    return sum(frame == min(masks) for frame in first.values()), len(first)
 
 
 class VideoPredictor:

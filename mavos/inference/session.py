@@ -225,8 +225,8 @@ class InferenceSession:
                 raise ValueError(f"frame is {arr.dtype} with values up to {int(arr.max())}: integer frames are "
                                  f"0-255 (uint8); pass 16-bit frames as floats (frame / 65535) or frame >> 8")
             self._set_frame_size(*arr.shape[:2])
-            if arr.dtype.kind == "f" and self._float_range is not None and not np.isfinite(arr).all():
-                raise self._not_finite()  # host memory: checked on every frame (the first one below)
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise self._not_finite()  # host memory: checked on every frame
             scale = (255.0 / self._video_float_range(lambda: [float(arr.min()), float(arr.max())])
                      if arr.dtype.kind == "f" else 1.0)
             arr = arr.astype(np.float32) * scale
@@ -398,22 +398,18 @@ class InferenceSession:
         size = inference_size(h, w, self.max_long_edge, self.max_short_edge, self.net.size_multiple)
         counts = (num_objects,) if isinstance(num_objects, int) else tuple(num_objects)
         counts = sorted({max(1, int(c)) for c in counts})
-        for count in counts:
-            key = (size, self.amp_dtype, self.flip, self._compiled_group_sizes(count))
+        # (what is compiled, objects from frame 0, objects entering at frame 7): each count, then each step up to
+        # another group count (until the entering group's first memory write its memory is younger than the
+        # first group's, a combination of memory sizes the all-at-once rehearsals never make)
+        plans = [(self._compiled_group_sizes(count), count, 0) for count in counts]
+        plans += [((self._compiled_group_sizes(before), self._compiled_group_sizes(after)), before, after - before)
+                  for before, after in zip(counts, counts[1:])
+                  if len(self._group_sizes(after)) != len(self._group_sizes(before))]
+        for groups, count, entering in plans:
+            key = (size, self.amp_dtype, self.flip, groups)
             if key in step.warmed:
                 continue
-            self._rehearse(step, h, w, count)
-            step.warmed.add(key)
-        # objects entering later in a group of their own: until that group's first memory write its memory is
-        # younger than the first group's, a combination of memory sizes the rehearsals above never make
-        for before, after in zip(counts, counts[1:]):
-            if len(self._group_sizes(after)) == len(self._group_sizes(before)):
-                continue
-            key = (size, self.amp_dtype, self.flip, (self._compiled_group_sizes(before),
-                                                      self._compiled_group_sizes(after)))
-            if key in step.warmed:
-                continue
-            self._rehearse(step, h, w, before, entering=after - before)
+            self._rehearse(step, h, w, count, entering)
             step.warmed.add(key)
 
     def _rehearse(self, step: CompiledFrameStep, h: int, w: int, count: int, entering: int = 0) -> None:
