@@ -228,6 +228,42 @@ def test_ckpt_path_last_takes_the_newer_of_last_ckpt_and_a_preemption_checkpoint
     assert run_dir(str(runs), None, str(elsewhere), "STAMP") == str(runs / "STAMP")
 
 
+def test_a_new_run_in_a_folder_holding_checkpoints_is_refused_and_resuming_it_is_not(tmp_path, monkeypatch):
+    """``run_name=exp1`` run again without ``ckpt_path=last`` would train from scratch into exp1's folder and
+    overwrite its last.ckpt: refused, naming the folder and the files. Resuming from the folder's own checkpoint,
+    a folder with no checkpoint (a run that died before its first), and a requeued SLURM job (Lightning restores
+    its hpc checkpoint itself) go ahead."""
+    from mavos.registry import ConfigError
+    from mavos.training.run import check_run_folder
+
+    for name in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    run = tmp_path / "runs" / "exp1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / ".last.ckpt.123-abcd1234.tmp.ckpt").write_bytes(b"partial")  # a killed write's leftover
+    check_run_folder(run, None)  # nothing trained here yet
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (run / "checkpoints" / "step_000004-jf_0.5000.ckpt").write_bytes(b"x")
+    with pytest.raises(ConfigError) as refused:
+        check_run_folder(run, None)
+    message = str(refused.value)
+    assert message.startswith(f"{run}: this run folder already holds an earlier run's checkpoints "
+                              f"(checkpoints/last.ckpt, checkpoints/step_000004-jf_0.5000.ckpt)")
+    assert "ckpt_path=last" in message and "run_name" in message and ".tmp.ckpt" not in message
+    check_run_folder(run, str(run / "checkpoints" / "last.ckpt"))  # resumed from its own checkpoint
+    other = tmp_path / "runs" / "other" / "checkpoints" / "last.ckpt"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"x")
+    with pytest.raises(ConfigError, match=f"resuming from {other} here would overwrite them"):
+        check_run_folder(run, str(other))  # another run's state continued in this folder
+    (run / "hpc_ckpt_3.ckpt").write_bytes(b"x")
+    with pytest.raises(ConfigError):
+        check_run_folder(run, None)  # not on SLURM: Lightning would not restore the hpc file
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    check_run_folder(run, None)  # the requeued job: Lightning resumes from hpc_ckpt_3.ckpt
+
+
 def test_only_rank_zero_makes_the_wandb_run_id(tmp_path, monkeypatch):
     """srun starts every task of a job at once: a task other than global rank 0 that finds no id file writes
     none (its id would race rank 0's), and every task reads rank 0's once it exists."""
@@ -281,11 +317,18 @@ def test_a_named_multirun_lives_in_its_own_folder_and_ckpt_path_last_resumes_eac
     assert sorted(p.name for p in (tmp_path / "logs/train/multiruns").iterdir()) == ["sweep1"]  # no new sweep
     for job in ("0", "1"):
         assert checkpoint_state(sweep / job / "checkpoints/last.ckpt")["global_step"] == 4
-    # the name reused by a one-job sweep: its summary lists that job, not job 1 of the sweep before
-    _ok(run_script("train.py", *args[:-1], "model.lr=3e-4", "trainer.max_steps=1", cwd=tmp_path))
+    # the name reused for a new sweep: refused before training, the trained jobs' checkpoints kept as they were
+    before = (sweep / "0/checkpoints/last.ckpt").read_bytes()
+    refused = run_script("train.py", *args[:-1], "model.lr=3e-4", "trainer.max_steps=1", cwd=tmp_path)
+    assert refused.returncode != 0
+    assert f"{sweep / '0'}: this run folder already holds an earlier run's checkpoints (checkpoints/last.ckpt" in (
+        refused.stdout + refused.stderr)
+    assert (sweep / "0/checkpoints/last.ckpt").read_bytes() == before
+    # one job of it resumed: the summary lists that job, not job 1 of the multirun before
+    _ok(run_script("train.py", *args[:-1], "model.lr=2e-4", "trainer.max_steps=5", "ckpt_path=last", cwd=tmp_path))
     summary = (sweep / "summary.csv").read_text().splitlines()
-    assert len(summary) == 2 and "model.lr=0.0003" in summary[1]  # header and the one job (Hydra writes the float)
-    assert checkpoint_state(sweep / "0/checkpoints/last.ckpt")["global_step"] == 1  # the new run's, what last resumes
+    assert len(summary) == 2 and "model.lr=0.0002" in summary[1]  # header and the one job (Hydra writes the float)
+    assert checkpoint_state(sweep / "0/checkpoints/last.ckpt")["global_step"] == 5
     assert not list((sweep / "0/checkpoints").glob("last-v*.ckpt"))
     # without a name: a time-stamped folder, as Hydra's default
     _ok(run_script("train.py", *args[:-2], "model.lr=1e-4", "trainer.max_steps=1", cwd=tmp_path))

@@ -2,8 +2,9 @@
 
 A run lives in one folder, ``logs/train/runs/<run_name>`` (a time stamp unless ``run_name=`` is given), and
 every resume of it continues there (``ckpt_path=last`` finds the newest run with a ``last.ckpt``; see
-``rundir``). Before training starts the config is checked: the checkpoint to resume from (readable, a training
-checkpoint, the same network), the validation set (videos with ground truth) and every monitored metric.
+``rundir``). Before training starts the config is checked: the run folder (a new run never overwrites an
+earlier one's checkpoints), the checkpoint to resume from (readable, a training checkpoint, the same network),
+the validation set (videos with ground truth) and every monitored metric.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from mavos.checkpoints.loading import (CheckpointError, architecture_differences
 from mavos.data.io import atomic_save, remove_stale_temporaries
 from mavos.inference.session import check_session_config
 from mavos.registry import ConfigError, describe
-from mavos.training.rundir import find_last_checkpoint, newest_checkpoint, resumable_checkpoints
+from mavos.training.rundir import (earlier_checkpoints, find_last_checkpoint, newest_checkpoint, resumable_checkpoints,
+                                   run_of)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,28 @@ def resolve_resume(ckpt_path: str | None, output_dir: str | Path, runs_dir: str 
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint to resume from does not exist")
     return str(path)
+
+
+def check_run_folder(output_dir: Path, resume: str | None) -> None:
+    """A new run never overwrites another's checkpoints: a named run folder (``run_name=``, a named multirun's
+    job) that already holds checkpoints is resumed (``ckpt_path=last``) or refused, naming the files (Lightning
+    would overwrite ``last.ckpt`` and any same-named best checkpoint). Allowed: resuming from a checkpoint of this
+    folder, and a requeued SLURM job with no ``ckpt_path``, which Lightning restores from its ``hpc_ckpt_<n>.ckpt``
+    itself."""
+    existing = earlier_checkpoints(output_dir)
+    if not existing:
+        return
+    if resume is not None and run_of(Path(resume)) == output_dir.resolve():
+        return
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if resume is None and SLURMEnvironment.detect() and any(p.name.startswith("hpc_ckpt_") for p in existing):
+        return
+    names = ", ".join(str(p.relative_to(output_dir)) for p in existing[:4]) + (" ..." if len(existing) > 4 else "")
+    source = f"resuming from {resume}" if resume else "a new run"
+    raise ConfigError(f"{output_dir}: this run folder already holds an earlier run's checkpoints ({names}); {source} "
+                      f"here would overwrite them. Resume that run with ckpt_path=last, give this one another "
+                      f"run_name (or none: a time-stamped folder), or remove the folder first")
 
 
 def check_resume_checkpoint(path: str, net_config: dict, model_name: str | None) -> None:
@@ -271,6 +295,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     name = model_choice()
     runs_dir = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
     resume = resolve_resume(cfg.get("ckpt_path"), output_dir, runs_dir)
+    check_run_folder(output_dir, resume)
     if resume:
         check_resume_checkpoint(resume, net_config, name)
         log.info("resuming from %s", resume)

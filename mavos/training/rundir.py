@@ -1,7 +1,8 @@
 """Where a training run lives, so that resuming it continues in the same folder, log and W&B run.
 
 ``hydra.run.dir`` of train.py is ``${mavos_run_dir:<runs>,${run_name},${ckpt_path},<time stamp>}``:
-- ``run_name=<name>``: ``<runs>/<name>``, new or resumed (clusters and scripts name their runs);
+- ``run_name=<name>``: ``<runs>/<name>``, new (if it holds no checkpoint: ``run.check_run_folder``) or resumed
+  (clusters and scripts name their runs);
 - ``ckpt_path=last`` without a name: the run folder of the newest resumable checkpoint under ``<runs>``;
 - ``ckpt_path=<runs>/<run>/checkpoints/<file>`` or ``<runs>/<run>/hpc_ckpt_<n>.ckpt``: that run's folder;
 - otherwise a new folder named by the time stamp.
@@ -22,6 +23,13 @@ def resumable_checkpoints(run: Path) -> list[Path]:
     validation)."""
     found = [run / "checkpoints" / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")]
     return [p for p in found if p.is_file()]
+
+
+def earlier_checkpoints(run: Path) -> list[Path]:
+    """Every checkpoint a run folder already holds (``checkpoints/*.ckpt`` and ``hpc_ckpt_<n>.ckpt``; not the
+    hidden temporaries a killed write leaves), by name."""
+    found = [*(run / "checkpoints").glob("*.ckpt"), *run.glob("hpc_ckpt_*.ckpt")]
+    return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
 
 
 def newest_checkpoint(paths) -> Path | None:
