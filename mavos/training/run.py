@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mavos.checkpoints.loading import (CheckpointError, architecture_differences, load_network_weights,
@@ -88,8 +89,6 @@ def check_run_folder(output_dir: Path, resume: str | None) -> None:
         return
     if resume is not None and run_of(Path(resume)) == output_dir.resolve():
         return
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
     if resume is None and SLURMEnvironment.detect() and any(p.name.startswith("hpc_ckpt_") for p in existing):
         return
     names = ", ".join(str(p.relative_to(output_dir)) for p in existing[:4]) + (" ..." if len(existing) > 4 else "")
